@@ -1,0 +1,52 @@
+# moonwire: the two commands of the quick start and the developer targets.
+#   make run   installs missing packages, builds, serves the default app on 127.0.0.1:8080
+#   make test  the same set-up, then every test (unit, integration, independent clients)
+BUILD      ?= build
+BUILD_ASAN ?= build-asan
+APP        ?= apps/echo/app.lua
+LISTEN     ?= 127.0.0.1:8080
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all deps test-deps build run test test-asan lint format node-deps clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh build
+
+test-deps:
+	@scripts/install-deps.sh test
+
+$(BUILD)/Makefile: CMakeLists.txt
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+
+build: deps $(BUILD)/Makefile
+	cmake --build $(BUILD) -j$(JOBS)
+
+run: build
+	$(BUILD)/moonwire $(APP) --listen $(LISTEN)
+
+node-deps: test-deps
+	@cd spec/clients/node && { [ -d node_modules/ws ] || npm ci --no-audit --no-fund --silent; }
+
+test: test-deps build node-deps lint
+	cd $(BUILD) && ctest --output-on-failure -j2 --timeout 300
+
+# The whole suite again with AddressSanitizer and UndefinedBehaviorSanitizer.
+test-asan: test-deps node-deps
+	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DMW_SANITIZE=ON >/dev/null
+	cmake --build $(BUILD_ASAN) -j$(JOBS)
+	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j2 --timeout 600
+
+lint: test-deps
+	luacheck -q lua apps spec
+	clang-format --dry-run -Werror core/src/*.[ch] core/bind/*.[ch] core/main.c core/test/*.[ch] \
+	  core/include/moonwire/*.h
+
+format:
+	clang-format -i core/src/*.[ch] core/bind/*.[ch] core/main.c core/test/*.[ch] \
+	  core/include/moonwire/*.h
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -1,0 +1,289 @@
+/* The coroutine scheduler: every handler call runs on a pooled coroutine
+ * under xpcall with a traceback; a call that yields in a moonwire wait
+ * (sleep) keeps its coroutine until the loop resumes it; a call that
+ * finishes gives its coroutine back. This file holds the one lua_resume.
+ * It also provides the C functions of the `moonwire.core` module. */
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bind.h"
+#include "log.h"
+
+/* Address used as a unique sentinel: the body yields it when a call is done. */
+static char done_key;
+
+/* Most coroutines a worker keeps for reuse; more concurrent suspended calls
+ * are fine, their coroutines are just not kept once they finish. */
+#define MW_CO_POOL_MAX 1024
+
+static void co_unlink_busy(mw_lua_t *S, mw_co_t *k)
+{
+    if (k->prev)
+        k->prev->next = k->next;
+    else if (S->busy == k)
+        S->busy = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    k->next = k->prev = NULL;
+}
+
+static mw_co_t *co_get(mw_lua_t *S)
+{
+    mw_co_t *k = S->pool;
+    if (k) {
+        S->pool = k->next;
+        S->npool--;
+        k->next = NULL;
+        return k;
+    }
+    k = mw__xcalloc(1, sizeof *k);
+    k->S = S;
+    k->co = lua_newthread(S->L);
+    k->ref = luaL_ref(S->L, LUA_REGISTRYINDEX);
+    k->fresh = 1;
+    return k;
+}
+
+static void co_destroy(mw_lua_t *S, mw_co_t *k)
+{
+    ev_timer_stop(S->w->loop, &k->timer);
+    luaL_unref(S->L, LUA_REGISTRYINDEX, k->ref);
+    free(k);
+}
+
+/* A handler raised an error: log it with its traceback, close only this
+ * connection with 1011 (DESIGN.md principle 8). */
+static void handler_error(mw_lua_t *S, mw_co_t *k, const char *msg)
+{
+    mw_conn_t *c = k->conn;
+    if (c)
+        mw_error("handler error (connection %llu, %s): %s", (unsigned long long)c->id,
+                 k->closing ? "on_close" : "route handler", msg ? msg : "(error is not a string)");
+    else
+        mw_error("handler error: %s", msg ? msg : "(error is not a string)");
+    if (c && c->state == MW_CONN_OPEN)
+        mw__conn_close(c, MW_WS_CLOSE_INTERNAL, "internal error", 14);
+}
+
+/* The call on k ended (finished or failed): give k back or drop it. */
+static void co_finish(mw_lua_t *S, mw_co_t *k, int reusable)
+{
+    mw_conn_t *c = k->conn;
+    int closing = k->closing;
+    k->conn = NULL;
+    k->closing = 0;
+    if (reusable && S->npool < MW_CO_POOL_MAX) {
+        lua_settop(k->co, 0);
+        k->next = S->pool;
+        S->pool = k;
+        S->npool++;
+    } else {
+        co_destroy(S, k);
+    }
+    if (c) {
+        if (closing)
+            mw__ws_finalize(S, c);
+        mw__conn_release(c);
+    }
+}
+
+/* Resumes k with nargs values on its stack. Returns 1 if the call is now
+ * suspended in a moonwire wait, 0 if it ended. */
+static int co_resume(mw_lua_t *S, mw_co_t *k, int nargs)
+{
+    mw_co_t *prev = S->running;
+    S->running = k;
+    k->waiting = 0;
+    int st = lua_resume(k->co, nargs);
+    S->running = prev;
+    if (st == LUA_YIELD) {
+        if (lua_gettop(k->co) >= 1 && lua_touserdata(k->co, 1) == &done_key) {
+            if (!lua_toboolean(k->co, 2))
+                handler_error(S, k, lua_tostring(k->co, 3));
+            co_finish(S, k, 1);
+            return 0;
+        }
+        if (k->waiting) {
+            k->next = S->busy;
+            k->prev = NULL;
+            if (S->busy)
+                S->busy->prev = k;
+            S->busy = k;
+            return 1;
+        }
+        /* Nothing of ours is waiting: the handler called coroutine.yield
+         * itself, and nothing would ever resume it. */
+        handler_error(S, k,
+                      "a handler yielded outside a moonwire call (coroutine.yield in a "
+                      "handler suspends it forever; use moonwire.sleep)");
+        co_finish(S, k, 0);
+        return 0;
+    }
+    /* The body catches every error, so this is an error in the error
+     * handler itself or memory exhaustion. */
+    handler_error(S, k, lua_tostring(k->co, -1));
+    co_finish(S, k, 0);
+    return 0;
+}
+
+int mw__lua_run(mw_lua_t *S, mw_conn_t *c, int nargs, int closing)
+{
+    /* S->L holds the handler and nargs (<= 3) arguments. */
+    mw_co_t *k = co_get(S);
+    lua_State *co = k->co;
+    if (k->fresh) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, S->body_ref);
+        k->fresh = 0;
+    } else {
+        lua_settop(co, 0);
+    }
+    lua_xmove(S->L, co, nargs + 1);
+    for (int i = nargs; i < 3; i++)
+        lua_pushnil(co);
+    k->conn = c;
+    k->closing = closing;
+    if (c)
+        mw__conn_retain(c);
+    /* A fresh coroutine starts the body with (fn, a, b, c); a pooled one is
+     * parked in the body's yield, which returns them. */
+    return co_resume(S, k, 4);
+}
+
+static void sleep_done(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    mw_co_t *k = (mw_co_t *)((char *)t - offsetof(mw_co_t, timer));
+    mw_lua_t *S = k->S;
+    co_unlink_busy(S, k);
+    mw_conn_t *c = k->conn;
+    if (c)
+        mw__conn_retain(c);
+    lua_settop(k->co, 0);
+    int suspended = co_resume(S, k, 0);
+    if (c) {
+        /* The connection's suspended call ended: its waiting events run. */
+        if (!suspended)
+            mw__conn_handler_done(c);
+        mw__conn_release(c);
+    }
+}
+
+/* moonwire.sleep(seconds): suspends the calling handler; other connections
+ * and this connection's control frames are served meanwhile. */
+static int l_sleep(lua_State *L)
+{
+    mw_lua_t *S = lua_touserdata(L, lua_upvalueindex(1));
+    lua_Number s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && s == s, 1, "seconds must be a number >= 0");
+    mw_co_t *k = S->running;
+    if (!k || k->co != L)
+        return luaL_error(L, "moonwire.sleep can only be called inside a handler (on_open, "
+                             "on_message, on_close), not while the app file loads or from a "
+                             "coroutine of your own");
+    ev_timer_init(&k->timer, sleep_done, (ev_tstamp)s, 0.);
+    ev_timer_start(S->w->loop, &k->timer);
+    k->waiting = 1;
+    return lua_yield(L, 0);
+}
+
+static int l_now(lua_State *L)
+{
+    mw_lua_t *S = lua_touserdata(L, lua_upvalueindex(1));
+    lua_pushnumber(L, S->w ? ev_now(S->w->loop) : 0);
+    return 1;
+}
+
+/* moonwire.core.log(level, message): where Lua's logs join the server's. */
+static int l_log(lua_State *L)
+{
+    int level = (int)luaL_checkinteger(L, 1);
+    const char *msg = luaL_checkstring(L, 2);
+    if (level >= mw__log_level())
+        mw__log(level, "%s", msg);
+    return 0;
+}
+
+static int l_log_enabled(lua_State *L)
+{
+    lua_pushboolean(L, luaL_checkinteger(L, 1) >= mw__log_level());
+    return 1;
+}
+
+int mw__luaopen_core(lua_State *L)
+{
+    mw_lua_t *S = lua_touserdata(L, lua_upvalueindex(1));
+    static const struct {
+        const char *name;
+        lua_CFunction fn;
+    } fns[] = {{"sleep", l_sleep}, {"now", l_now}, {"log", l_log}, {"log_enabled", l_log_enabled}};
+    lua_createtable(L, 0, 8);
+    for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+        lua_pushlightuserdata(L, S);
+        lua_pushcclosure(L, fns[i].fn, 1);
+        lua_setfield(L, -2, fns[i].name);
+    }
+    lua_pushinteger(L, MW_LOG_DEBUG);
+    lua_setfield(L, -2, "DEBUG");
+    lua_pushinteger(L, MW_LOG_INFO);
+    lua_setfield(L, -2, "INFO");
+    lua_pushinteger(L, MW_LOG_WARN);
+    lua_setfield(L, -2, "WARN");
+    lua_pushinteger(L, MW_LOG_ERROR);
+    lua_setfield(L, -2, "ERROR");
+    lua_pushstring(L, MW_VERSION_STRING);
+    lua_setfield(L, -2, "version");
+    return 1;
+}
+
+/* The body every pooled coroutine runs: call, report, park, repeat. */
+static const char body_src[] =
+    "local done, xpcall, traceback, yield = ...\n"
+    "return function(fn, a, b, c)\n"
+    "  while true do\n"
+    "    local ok, err = xpcall(fn, traceback, a, b, c)\n"
+    "    fn, a, b, c = yield(done, ok, err)\n"
+    "  end\n"
+    "end\n";
+
+int mw__sched_init(mw_lua_t *S)
+{
+    lua_State *L = S->L;
+    if (luaL_loadbuffer(L, body_src, sizeof body_src - 1, "=moonwire.scheduler") != 0)
+        return -1;
+    lua_pushlightuserdata(L, &done_key);
+    lua_getglobal(L, "xpcall");
+    lua_getglobal(L, "debug");
+    lua_getfield(L, -1, "traceback");
+    lua_remove(L, -2);
+    lua_getglobal(L, "coroutine");
+    lua_getfield(L, -1, "yield");
+    lua_remove(L, -2);
+    if (lua_pcall(L, 4, 1, 0) != 0)
+        return -1;
+    S->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+void mw__sched_close(mw_lua_t *S)
+{
+    /* Suspended calls never resume after shutdown; let go of their
+     * connections so those can be freed. */
+    while (S->busy) {
+        mw_co_t *k = S->busy;
+        co_unlink_busy(S, k);
+        mw_conn_t *c = k->conn;
+        k->conn = NULL;
+        co_destroy(S, k);
+        if (c)
+            mw__conn_release(c);
+    }
+    while (S->pool) {
+        mw_co_t *k = S->pool;
+        S->pool = k->next;
+        co_destroy(S, k);
+    }
+    S->npool = 0;
+}

@@ -1,0 +1,314 @@
+/* The Lua state of a worker: library paths, loading the app file with
+ * errors that name file and line, reading the app's options and routes, and
+ * the hooks (mw_app_ops_t) through which the core hands events to the app. */
+#include <lauxlib.h>
+#include <limits.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bind.h"
+#include "log.h"
+
+static int file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* Finds the directory that holds moonwire/init.lua: $MOONWIRE_LUA_DIR, then
+ * beside an installed binary (<prefix>/bin/../share/lua/5.1, as luarocks and
+ * `make install` lay it out), then the source tree the binary was built from. */
+static int find_lua_dir(char *out, size_t outlen)
+{
+    char probe[PATH_MAX + 64];
+    const char *env = getenv("MOONWIRE_LUA_DIR");
+    if (env && *env) {
+        snprintf(out, outlen, "%s", env);
+        return 0;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(probe, sizeof probe, "%s/../share/lua/5.1/moonwire/init.lua", exe);
+            if (file_exists(probe)) {
+                snprintf(out, outlen, "%s/../share/lua/5.1", exe);
+                return 0;
+            }
+        }
+    }
+    snprintf(probe, sizeof probe, "%s/moonwire/init.lua", MW_INSTALL_LUA_DIR);
+    if (file_exists(probe)) {
+        snprintf(out, outlen, "%s", MW_INSTALL_LUA_DIR);
+        return 0;
+    }
+    snprintf(out, outlen, "%s", MW_SOURCE_LUA_DIR);
+    return 0;
+}
+
+/* Puts our library and the app's own directory in front of package.path,
+ * so `require "moonwire"` and the app's local modules load without LUA_PATH. */
+static void set_paths(lua_State *L, const char *lua_dir, const char *app_path)
+{
+    char app_dir[PATH_MAX];
+    snprintf(app_dir, sizeof app_dir, "%s", app_path);
+    char *slash = strrchr(app_dir, '/');
+    if (slash)
+        *slash = 0;
+    else
+        strcpy(app_dir, ".");
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir, app_dir,
+                    app_dir);
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+}
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = "(error object is not a string)";
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Keeps only the first line of a traceback: startup errors are one line. */
+static void first_line(char *s)
+{
+    char *nl = strchr(s, '\n');
+    if (nl)
+        *nl = 0;
+}
+
+int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
+{
+    memset(S, 0, sizeof *S);
+    S->app_ref = S->routes_ref = S->body_ref = LUA_NOREF;
+    S->app_path = app_path;
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        snprintf(err, errlen, "cannot create a Lua state (out of memory)");
+        return -1;
+    }
+    S->L = L;
+    luaL_openlibs(L);
+    char lua_dir[2 * PATH_MAX];
+    find_lua_dir(lua_dir, sizeof lua_dir);
+    set_paths(L, lua_dir, app_path);
+
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    lua_pushlightuserdata(L, S);
+    lua_pushcclosure(L, mw__luaopen_core, 1);
+    lua_setfield(L, -2, "moonwire.core");
+    lua_pop(L, 2);
+    mw__ws_register(L);
+    if (mw__sched_init(S) != 0) {
+        snprintf(err, errlen, "internal error: scheduler: %s", lua_tostring(L, -1));
+        return -1;
+    }
+
+    if (!file_exists(app_path)) {
+        snprintf(err, errlen, "%s: no such app file (give the path of an app .lua file)",
+                 app_path);
+        return -1;
+    }
+    lua_pushcfunction(L, traceback);
+    int rc = luaL_loadfile(L, app_path);
+    if (rc != 0) {
+        /* The message already reads "FILE:LINE: what is wrong". */
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        first_line(err);
+        return -1;
+    }
+    if (lua_pcall(L, 0, 1, -2) != 0) {
+        snprintf(err, errlen, "%s (while loading the app file %s)", lua_tostring(L, -1),
+                 app_path);
+        first_line(err);
+        return -1;
+    }
+    /* The file must return an app built by moonwire.app{...}. */
+    int ok = 0;
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "_moonwire_app");
+        ok = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    if (!ok) {
+        snprintf(err, errlen,
+                 "%s: the app file must end with `return app`, where app = "
+                 "require(\"moonwire\").app{...}; it returned %s",
+                 app_path, luaL_typename(L, -1));
+        return -1;
+    }
+    lua_getfield(L, -1, "routes");
+    S->routes_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    S->app_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1); /* traceback */
+    return 0;
+}
+
+void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
+{
+    lua_State *L = S->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->app_ref);
+    lua_getfield(L, -1, "options");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 2);
+        return;
+    }
+#define NUM_OPT(name, field, type)                                                                 \
+    do {                                                                                           \
+        lua_getfield(L, -1, name);                                                                 \
+        if (lua_isnumber(L, -1))                                                                   \
+            cfg->field = (type)lua_tonumber(L, -1);                                                \
+        lua_pop(L, 1);                                                                             \
+    } while (0)
+    NUM_OPT("ping_interval", ping_interval, double);
+    NUM_OPT("pong_timeout", pong_timeout, double);
+    NUM_OPT("idle_timeout", idle_timeout, double);
+    NUM_OPT("handshake_timeout", handshake_timeout, double);
+    NUM_OPT("close_timeout", close_timeout, double);
+    NUM_OPT("max_message_size", max_message_size, uint64_t);
+    NUM_OPT("max_header_bytes", max_header_bytes, size_t);
+    NUM_OPT("max_headers", max_headers, size_t);
+    NUM_OPT("max_connections", max_connections, size_t);
+    NUM_OPT("max_buffered", max_buffered, size_t);
+    NUM_OPT("max_inbox_bytes", max_inbox_bytes, size_t);
+#undef NUM_OPT
+    lua_getfield(L, -1, "listen");
+    if (lua_isstring(L, -1)) {
+        const char *v = lua_tostring(L, -1);
+        const char *colon = strrchr(v, ':');
+        if (colon && (size_t)(colon - v) < sizeof cfg->listen_host) {
+            memcpy(cfg->listen_host, v, (size_t)(colon - v));
+            cfg->listen_host[colon - v] = 0;
+            cfg->listen_port = atoi(colon + 1);
+        }
+    }
+    lua_pop(L, 3);
+}
+
+void mw__lua_attach(mw_lua_t *S, mw_worker_t *w)
+{
+    S->w = w;
+}
+
+void mw__lua_close(mw_lua_t *S)
+{
+    if (!S->L)
+        return;
+    mw__sched_close(S);
+    /* Connections the app still holds (finished ones whose on_close never
+     * got to run, at shutdown) are let go here. */
+    if (S->w) {
+        mw_conn_t *c = S->w->all_head;
+        while (c) {
+            mw_conn_t *next = c->all_next;
+            mw__conn_retain(c);
+            mw__ws_finalize(S, c);
+            next = c->all_next;
+            mw__conn_release(c);
+            c = next;
+        }
+    }
+    lua_close(S->L);
+    S->L = NULL;
+}
+
+/* --- hooks for the core ----------------------------------------------------- */
+
+/* Pushes the route table of c's route. */
+static void push_route(mw_lua_t *S, int index)
+{
+    lua_rawgeti(S->L, LUA_REGISTRYINDEX, S->routes_ref);
+    lua_rawgeti(S->L, -1, index);
+    lua_remove(S->L, -2);
+}
+
+static int op_route(void *ud, mw_conn_t *c, const mw_http_request_t *req, mw_route_t *route)
+{
+    (void)c;
+    mw_lua_t *S = ud;
+    lua_State *L = S->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->app_ref);
+    lua_getfield(L, -1, "_match");
+    lua_insert(L, -2);
+    lua_pushlstring(L, req->path.p, req->path.n);
+    if (lua_pcall(L, 2, 1, 0) != 0) {
+        mw_error("route lookup failed: %s", lua_tostring(L, -1));
+        lua_settop(L, top);
+        return 500;
+    }
+    if (!lua_isnumber(L, -1)) {
+        lua_settop(L, top);
+        return 404;
+    }
+    route->index = (int)lua_tointeger(L, -1);
+    push_route(S, route->index);
+    lua_getfield(L, -1, "max_message_size");
+    if (lua_isnumber(L, -1) && !S->force_max_message_size)
+        route->max_message_size = (uint64_t)lua_tonumber(L, -1);
+    lua_settop(L, top);
+    return 0;
+}
+
+/* Pushes handler `name` of c's route; returns 0 (nothing pushed) if none. */
+static int push_handler(mw_lua_t *S, mw_conn_t *c, const char *name)
+{
+    lua_State *L = S->L;
+    push_route(S, c->route);
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    return 1;
+}
+
+static int op_on_open(void *ud, mw_conn_t *c)
+{
+    mw_lua_t *S = ud;
+    if (!push_handler(S, c, "on_open"))
+        return 0;
+    mw__ws_push(S, c);
+    return mw__lua_run(S, c, 1, 0);
+}
+
+static int op_on_message(void *ud, mw_conn_t *c, const uint8_t *data, size_t len, int binary)
+{
+    mw_lua_t *S = ud;
+    if (!push_handler(S, c, "on_message"))
+        return 0;
+    mw__ws_push(S, c);
+    lua_pushlstring(S->L, (const char *)data, len);
+    lua_pushboolean(S->L, binary);
+    return mw__lua_run(S, c, 3, 0);
+}
+
+static int op_on_close(void *ud, mw_conn_t *c, int code, const char *reason, size_t rlen)
+{
+    mw_lua_t *S = ud;
+    if (!push_handler(S, c, "on_close")) {
+        mw__ws_finalize(S, c);
+        return 0;
+    }
+    mw__ws_push(S, c);
+    lua_pushinteger(S->L, code);
+    lua_pushlstring(S->L, reason, rlen);
+    return mw__lua_run(S, c, 3, 1);
+}
+
+const mw_app_ops_t mw__lua_ops = {op_route, op_on_open, op_on_message, op_on_close};

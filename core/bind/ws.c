@@ -1,0 +1,345 @@
+/* The `ws` object handlers receive: a userdata box around a connection.
+ *
+ * The box is made the first time a handler needs it and anchored by one
+ * registry ref while the connection lives (so ws is the same object in
+ * every call, and ws.data persists). When the connection is finished (its
+ * on_close ran) the link is cleared from both sides: methods on the box
+ * then return nil, "closed" and fields read nil, never a dangling pointer. */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bind.h"
+#include "http.h"
+
+#define WS_MT "moonwire.ws"
+
+typedef struct ws_box {
+    mw_conn_t *c; /* NULL once the connection is finished */
+    uint64_t id;
+    int data_ref;    /* ws.data, made on first use */
+    int headers_ref; /* ws.headers, made on first use */
+    int query_ref;   /* ws.query, made on first use */
+} ws_box_t;
+
+void mw__ws_push(mw_lua_t *S, mw_conn_t *c)
+{
+    lua_State *L = S->L;
+    if (c->app_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->app_ref);
+        return;
+    }
+    ws_box_t *b = lua_newuserdata(L, sizeof *b);
+    b->c = c;
+    b->id = c->id;
+    b->data_ref = b->headers_ref = b->query_ref = LUA_NOREF;
+    luaL_getmetatable(L, WS_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    c->app_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    mw__conn_retain(c); /* the app's reference */
+}
+
+static void box_unref(lua_State *L, ws_box_t *b)
+{
+    luaL_unref(L, LUA_REGISTRYINDEX, b->data_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, b->headers_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, b->query_ref);
+    b->data_ref = b->headers_ref = b->query_ref = LUA_NOREF;
+}
+
+void mw__ws_finalize(mw_lua_t *S, mw_conn_t *c)
+{
+    lua_State *L = S->L;
+    if (c->app_ref == LUA_NOREF)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->app_ref);
+    ws_box_t *b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (b) {
+        b->c = NULL;
+        box_unref(L, b);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, c->app_ref);
+    c->app_ref = LUA_NOREF;
+    mw__conn_release(c);
+}
+
+static ws_box_t *check_box(lua_State *L)
+{
+    return luaL_checkudata(L, 1, WS_MT);
+}
+
+/* ws:send(data [, binary]) -> true | nil, "closed" */
+static int ws_send(lua_State *L)
+{
+    ws_box_t *b = check_box(L);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    int binary = lua_toboolean(L, 3);
+    if (!b->c || mw__conn_send(b->c, binary ? MW_WS_OP_BINARY : MW_WS_OP_TEXT, data, len) != 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ws:close([code [, reason]]) -> true | nil, "closed" */
+static int ws_close(lua_State *L)
+{
+    ws_box_t *b = check_box(L);
+    lua_Integer code = luaL_optinteger(L, 2, MW_WS_CLOSE_NORMAL);
+    size_t rlen = 0;
+    const char *reason = luaL_optlstring(L, 3, "", &rlen);
+    luaL_argcheck(L, mw__ws_close_code_valid((unsigned)code) && code > 0 && code < 65536, 2,
+                  "close code must be 1000-1003, 1007-1014 or 3000-4999");
+    luaL_argcheck(L, rlen <= MW_WS_MAX_CONTROL - 2, 3, "close reason is longer than 123 bytes");
+    if (!b->c || !mw__conn_can_send(b->c)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    mw__conn_close(b->c, (uint16_t)code, reason, rlen);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ws:ping([data]) -> true | nil, "closed" */
+static int ws_ping(lua_State *L)
+{
+    ws_box_t *b = check_box(L);
+    size_t len = 0;
+    const char *data = luaL_optlstring(L, 2, "", &len);
+    luaL_argcheck(L, len <= MW_WS_MAX_CONTROL, 2, "ping payload is longer than 125 bytes");
+    if (!b->c || mw__conn_send(b->c, MW_WS_OP_PING, data, len) != 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Pushes s percent-decoded ('+' as space, as in form encoding). */
+static void push_decoded(lua_State *L, const char *s, size_t n)
+{
+    luaL_Buffer B;
+    luaL_buffinit(L, &B);
+    for (size_t i = 0; i < n; i++) {
+        int ch = (unsigned char)s[i];
+        if (ch == '+') {
+            ch = ' ';
+        } else if (ch == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            ch = hexval(s[i + 1]) * 16 + hexval(s[i + 2]);
+            i += 2;
+        }
+        luaL_addchar(&B, (char)ch);
+    }
+    luaL_pushresult(&B);
+}
+
+/* Re-parses the kept request head; the head was valid when it was kept. */
+static int parse_head(mw_conn_t *c, mw_http_request_t *req, mw_http_header_t *hdrs, size_t max)
+{
+    mw_http_parser_t st = {0};
+    int status;
+    const char *why;
+    memset(req, 0, sizeof *req);
+    req->headers = hdrs;
+    req->max_headers = max;
+    return mw__http_parse_request(&st, c->head, c->head_len, c->head_len + 1, req, &status, &why) >
+           0;
+}
+
+static void push_cached(lua_State *L, int ref)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+}
+
+static int build_headers(lua_State *L, mw_conn_t *c)
+{
+    mw_http_request_t req;
+    size_t max = c->w->cfg.max_headers;
+    if (!parse_head(c, &req, c->w->hdrs, max))
+        return 0;
+    lua_createtable(L, 0, (int)req.nheaders);
+    for (size_t i = 0; i < req.nheaders; i++) {
+        const mw_http_header_t *h = &req.headers[i];
+        char name[256];
+        size_t n = h->name.n < sizeof name ? h->name.n : sizeof name - 1;
+        for (size_t j = 0; j < n; j++) {
+            char ch = h->name.p[j];
+            name[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+        }
+        lua_pushlstring(L, name, n);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isstring(L, -1)) {
+            /* RFC 9110 5.3: repeated fields combine as a comma-separated list. */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, h->value.p, h->value.n);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, h->value.p, h->value.n);
+        }
+        lua_rawset(L, -3);
+    }
+    return 1;
+}
+
+static int build_query(lua_State *L, mw_conn_t *c)
+{
+    mw_http_request_t req;
+    if (!parse_head(c, &req, c->w->hdrs, c->w->cfg.max_headers))
+        return 0;
+    lua_newtable(L);
+    const char *p = req.query.p, *end = req.query.p + req.query.n;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(e - p));
+        if (e > p) {
+            push_decoded(L, p, (size_t)((eq ? eq : e) - p));
+            if (eq)
+                push_decoded(L, eq + 1, (size_t)(e - eq - 1));
+            else
+                lua_pushliteral(L, "");
+            lua_rawset(L, -3); /* the last of repeated keys wins */
+        }
+        p = amp ? amp + 1 : end;
+    }
+    return 1;
+}
+
+static int ws_index(lua_State *L)
+{
+    ws_box_t *b = check_box(L);
+    size_t klen;
+    const char *k = luaL_checklstring(L, 2, &klen);
+    /* Methods first: one table lookup for ws:send on the hot path. */
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+    if (!lua_isnil(L, -1))
+        return 1;
+    lua_pop(L, 1);
+    if (strcmp(k, "id") == 0) {
+        lua_pushnumber(L, (lua_Number)b->id);
+        return 1;
+    }
+    if (strcmp(k, "data") == 0) {
+        if (b->data_ref == LUA_NOREF) {
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            b->data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            return 1;
+        }
+        push_cached(L, b->data_ref);
+        return 1;
+    }
+    mw_conn_t *c = b->c;
+    if (!c) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (strcmp(k, "remote_addr") == 0 || strcmp(k, "remote_port") == 0) {
+        char addr[64];
+        int port = mw__conn_peer(c, addr, sizeof addr);
+        if (k[7] == 'a')
+            lua_pushstring(L, addr);
+        else
+            lua_pushinteger(L, port);
+        return 1;
+    }
+    if (strcmp(k, "path") == 0 || strcmp(k, "query_string") == 0) {
+        mw_http_request_t req;
+        if (!parse_head(c, &req, c->w->hdrs, c->w->cfg.max_headers)) {
+            lua_pushnil(L);
+            return 1;
+        }
+        if (k[0] == 'p')
+            lua_pushlstring(L, req.path.p, req.path.n);
+        else
+            lua_pushlstring(L, req.query.p, req.query.n);
+        return 1;
+    }
+    if (strcmp(k, "headers") == 0 || strcmp(k, "query") == 0) {
+        int *ref = k[0] == 'h' ? &b->headers_ref : &b->query_ref;
+        if (*ref == LUA_NOREF) {
+            if (!(k[0] == 'h' ? build_headers(L, c) : build_query(L, c))) {
+                lua_pushnil(L);
+                return 1;
+            }
+            lua_pushvalue(L, -1);
+            *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            return 1;
+        }
+        push_cached(L, *ref);
+        return 1;
+    }
+    if (strcmp(k, "closed") == 0) {
+        lua_pushboolean(L, !mw__conn_can_send(c));
+        return 1;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+static int ws_newindex(lua_State *L)
+{
+    ws_box_t *b = check_box(L);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "data") != 0)
+        return luaL_error(L, "ws.%s is read-only; keep per-connection state in ws.data", k);
+    luaL_unref(L, LUA_REGISTRYINDEX, b->data_ref);
+    lua_pushvalue(L, 3);
+    b->data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+static int ws_tostring(lua_State *L)
+{
+    ws_box_t *b = check_box(L);
+    lua_pushfstring(L, "moonwire.ws(%d%s)", (int)b->id, b->c ? "" : ", finished");
+    return 1;
+}
+
+static int ws_gc(lua_State *L)
+{
+    ws_box_t *b = lua_touserdata(L, 1);
+    box_unref(L, b);
+    return 0;
+}
+
+void mw__ws_register(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"send", ws_send}, {"close", ws_close}, {"ping", ws_ping}, {NULL, NULL}};
+    luaL_newmetatable(L, WS_MT);
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_pushcclosure(L, ws_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, ws_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, ws_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, ws_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushliteral(L, WS_MT);
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+}

@@ -1,0 +1,256 @@
+/* moonwire's composition root: parse the command line, load the app, build
+ * the configuration (defaults < app options < flags), listen, run the loop,
+ * and shut down in order on SIGTERM or SIGINT. */
+#include <errno.h>
+#include <ev.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bind.h"
+#include "config.h"
+#include "log.h"
+#include "moonwire/moonwire.h"
+#include "worker.h"
+
+static const char usage[] =
+    "usage: moonwire APP.lua [options]\n"
+    "\n"
+    "Serves the app that APP.lua returns (see README.md).\n"
+    "\n"
+    "options (each overrides the app's own option of the same name):\n"
+    "  --listen HOST:PORT          address to listen on (default 127.0.0.1:8080; port 0 picks one)\n"
+    "  --ping-interval SECONDS     heartbeat ping after this much silence (default 30, 0 = off)\n"
+    "  --pong-timeout SECONDS      drop a peer silent this long after a ping (default 10)\n"
+    "  --idle-timeout SECONDS      close after this long without a message (default 0 = off)\n"
+    "  --handshake-timeout SECONDS time to complete the upgrade request (default 10)\n"
+    "  --close-timeout SECONDS     time to wait for the peer's close frame (default 5)\n"
+    "  --max-message-size BYTES    largest message, for every route (default 1048576)\n"
+    "  --max-header-bytes BYTES    largest request head (default 8192)\n"
+    "  --max-headers N             most header fields in a request (default 64)\n"
+    "  --max-connections N         most open connections (default 10000)\n"
+    "  --max-buffered BYTES        most bytes queued for one slow client (default 4194304)\n"
+    "  --max-inbox-bytes BYTES     most bytes waiting for one busy handler (default 1048576)\n"
+    "  --log-level LEVEL           debug, info, warn or error (default info)\n"
+    "  -h, --help                  show this help\n"
+    "  -v, --version               show the version\n";
+
+static int fail(const char *fmt, const char *a, const char *b)
+{
+    fprintf(stderr, "moonwire: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, "\n");
+    return 2;
+}
+
+/* Parses a non-negative number (seconds may have a fraction). */
+static int parse_number(const char *s, int allow_fraction, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || v < 0 || v != v || v > 1e15)
+        return -1;
+    if (!allow_fraction && v != (double)(unsigned long long)v)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+typedef struct flag {
+    const char *name;
+    int kind; /* 0 seconds, 1 whole number, 2 listen, 3 log level */
+    int set;
+    double value;
+    const char *str;
+} flag_t;
+
+enum {
+    F_LISTEN, F_PING, F_PONG, F_IDLE, F_HANDSHAKE, F_CLOSE, F_MAXMSG, F_MAXHDR, F_MAXHDRS,
+    F_MAXCONN, F_MAXBUF, F_MAXINBOX, F_LOG, F_COUNT
+};
+
+static int apply_listen(mw_config_t *cfg, const char *v)
+{
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v || (size_t)(colon - v) >= sizeof cfg->listen_host)
+        return -1;
+    double port;
+    if (parse_number(colon + 1, 0, &port) != 0 || port > 65535)
+        return -1;
+    const char *host = v;
+    size_t hlen = (size_t)(colon - v);
+    if (host[0] == '[' && hlen >= 2 && host[hlen - 1] == ']') {
+        host++;
+        hlen -= 2;
+    }
+    memcpy(cfg->listen_host, host, hlen);
+    cfg->listen_host[hlen] = 0;
+    cfg->listen_port = (int)port;
+    return 0;
+}
+
+static struct ev_loop *main_loop;
+
+static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)revents;
+    mw_info("received %s; shutting down", w->signum == SIGINT ? "SIGINT" : "SIGTERM");
+    ev_break(loop, EVBREAK_ALL);
+}
+
+int main(int argc, char **argv)
+{
+    flag_t flags[F_COUNT] = {
+        [F_LISTEN] = {"--listen", 2, 0, 0, NULL},
+        [F_PING] = {"--ping-interval", 0, 0, 0, NULL},
+        [F_PONG] = {"--pong-timeout", 0, 0, 0, NULL},
+        [F_IDLE] = {"--idle-timeout", 0, 0, 0, NULL},
+        [F_HANDSHAKE] = {"--handshake-timeout", 0, 0, 0, NULL},
+        [F_CLOSE] = {"--close-timeout", 0, 0, 0, NULL},
+        [F_MAXMSG] = {"--max-message-size", 1, 0, 0, NULL},
+        [F_MAXHDR] = {"--max-header-bytes", 1, 0, 0, NULL},
+        [F_MAXHDRS] = {"--max-headers", 1, 0, 0, NULL},
+        [F_MAXCONN] = {"--max-connections", 1, 0, 0, NULL},
+        [F_MAXBUF] = {"--max-buffered", 1, 0, 0, NULL},
+        [F_MAXINBOX] = {"--max-inbox-bytes", 1, 0, 0, NULL},
+        [F_LOG] = {"--log-level", 3, 0, 0, NULL},
+    };
+    const char *app_path = NULL;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        }
+        if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+            printf("moonwire %s\n", MW_VERSION_STRING);
+            return 0;
+        }
+        if (a[0] != '-') {
+            if (app_path)
+                return fail("more than one app file given ('%s' and '%s'); give one", app_path,
+                            a);
+            app_path = a;
+            continue;
+        }
+        /* --name=value or --name value */
+        char name[64];
+        const char *value = NULL;
+        const char *eq = strchr(a, '=');
+        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
+        if (nlen >= sizeof name)
+            nlen = sizeof name - 1;
+        memcpy(name, a, nlen);
+        name[nlen] = 0;
+        flag_t *f = NULL;
+        for (int k = 0; k < F_COUNT; k++)
+            if (strcmp(flags[k].name, name) == 0)
+                f = &flags[k];
+        if (!f)
+            return fail("unknown option '%s'%s (see moonwire --help)", name, "");
+        if (eq) {
+            value = eq + 1;
+        } else {
+            if (i + 1 >= argc)
+                return fail("option %s needs a value%s (see moonwire --help)", name, "");
+            value = argv[++i];
+        }
+        f->set = 1;
+        f->str = value;
+        if (f->kind == 0 || f->kind == 1) {
+            if (parse_number(value, f->kind == 0, &f->value) != 0)
+                return fail(f->kind == 0 ? "option %s: '%s' is not a number of seconds >= 0"
+                                         : "option %s: '%s' is not a whole number >= 0",
+                            name, value);
+        } else if (f->kind == 3) {
+            if (mw__log_parse_level(value) < 0)
+                return fail("option %s: '%s' is not one of debug, info, warn, error", name,
+                            value);
+        }
+    }
+    if (!app_path)
+        return fail("no app file given%s%s; usage: moonwire APP.lua [options]", "", "");
+    if (flags[F_LOG].set)
+        mw__log_set_level(mw__log_parse_level(flags[F_LOG].str));
+
+    signal(SIGPIPE, SIG_IGN);
+
+    mw_config_t cfg;
+    mw__config_defaults(&cfg);
+    mw_lua_t S;
+    char err[1024];
+    if (mw__lua_open(&S, app_path, err, sizeof err) != 0) {
+        fprintf(stderr, "moonwire: %s\n", err);
+        mw__lua_close(&S);
+        return 1;
+    }
+    mw__lua_apply_options(&S, &cfg);
+
+    /* Flags override the app's options. */
+    if (flags[F_LISTEN].set && apply_listen(&cfg, flags[F_LISTEN].str) != 0) {
+        mw__lua_close(&S);
+        return fail("option --listen: '%s' is not HOST:PORT (e.g. 127.0.0.1:8080)%s",
+                    flags[F_LISTEN].str, "");
+    }
+    double *secs[] = {[F_PING] = &cfg.ping_interval,
+                      [F_PONG] = &cfg.pong_timeout,
+                      [F_IDLE] = &cfg.idle_timeout,
+                      [F_HANDSHAKE] = &cfg.handshake_timeout,
+                      [F_CLOSE] = &cfg.close_timeout};
+    for (int k = F_PING; k <= F_CLOSE; k++)
+        if (flags[k].set)
+            *secs[k] = flags[k].value;
+    if (flags[F_MAXMSG].set) {
+        cfg.max_message_size = (uint64_t)flags[F_MAXMSG].value;
+        S.force_max_message_size = 1;
+    }
+    if (flags[F_MAXHDR].set)
+        cfg.max_header_bytes = (size_t)flags[F_MAXHDR].value;
+    if (flags[F_MAXHDRS].set)
+        cfg.max_headers = (size_t)flags[F_MAXHDRS].value;
+    if (flags[F_MAXCONN].set)
+        cfg.max_connections = (size_t)flags[F_MAXCONN].value;
+    if (flags[F_MAXBUF].set)
+        cfg.max_buffered = (size_t)flags[F_MAXBUF].value;
+    if (flags[F_MAXINBOX].set)
+        cfg.max_inbox_bytes = (size_t)flags[F_MAXINBOX].value;
+    const char *bad = mw__config_check(&cfg);
+    if (bad) {
+        mw__lua_close(&S);
+        return fail("invalid configuration: %s%s", bad, "");
+    }
+
+    main_loop = ev_default_loop(EVFLAG_AUTO);
+    mw_worker_t w;
+    mw__worker_init(&w, main_loop, &cfg, &mw__lua_ops, &S);
+    mw__lua_attach(&S, &w);
+    if (mw__worker_listen(&w, err, sizeof err) != 0) {
+        fprintf(stderr, "moonwire: %s\n", err);
+        mw__lua_close(&S);
+        mw__worker_free(&w);
+        ev_loop_destroy(main_loop);
+        return 1;
+    }
+    mw__worker_start(&w);
+    ev_signal sig_term, sig_int;
+    ev_signal_init(&sig_term, on_stop_signal, SIGTERM);
+    ev_signal_init(&sig_int, on_stop_signal, SIGINT);
+    ev_signal_start(main_loop, &sig_term);
+    ev_signal_start(main_loop, &sig_int);
+
+    mw_info("moonwire %s serving %s; listening on %s:%d", MW_VERSION_STRING, app_path,
+            strchr(cfg.listen_host, ':') ? "[ipv6]" : cfg.listen_host, mw__worker_port(&w));
+    ev_run(main_loop, 0);
+
+    mw__worker_stop(&w);
+    mw__lua_close(&S);
+    mw__worker_free(&w);
+    ev_signal_stop(main_loop, &sig_term);
+    ev_signal_stop(main_loop, &sig_int);
+    ev_loop_destroy(main_loop);
+    mw_info("stopped");
+    return 0;
+}

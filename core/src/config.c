@@ -1,0 +1,45 @@
+/* Defaults for every limit (see config.h; the README lists the same values). */
+#include <string.h>
+
+#include "config.h"
+
+void mw__config_defaults(mw_config_t *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    strcpy(cfg->listen_host, "127.0.0.1");
+    cfg->listen_port = MW_DEFAULT_PORT;
+    cfg->ping_interval = 30;
+    cfg->pong_timeout = 10;
+    cfg->idle_timeout = 0;
+    cfg->handshake_timeout = 10;
+    cfg->close_timeout = 5;
+    cfg->max_message_size = 1u << 20;
+    cfg->max_header_bytes = 8192;
+    cfg->max_headers = 64;
+    cfg->max_connections = 10000;
+    cfg->max_buffered = 4u << 20;
+    cfg->max_inbox_bytes = 1u << 20;
+}
+
+const char *mw__config_check(const mw_config_t *cfg)
+{
+    if (cfg->max_header_bytes < 256)
+        return "max_header_bytes must be at least 256";
+    if (cfg->max_header_bytes > (64u << 20))
+        return "max_header_bytes must be at most 64 MiB";
+    if (cfg->max_headers < 8)
+        return "max_headers must be at least 8";
+    if (cfg->handshake_timeout <= 0)
+        return "handshake_timeout must be positive";
+    if (cfg->close_timeout <= 0)
+        return "close_timeout must be positive";
+    if (cfg->ping_interval > 0 && cfg->pong_timeout <= 0)
+        return "pong_timeout must be positive when ping_interval is set";
+    if (cfg->max_connections < 1)
+        return "max_connections must be at least 1";
+    if (cfg->max_message_size < 1)
+        return "max_message_size must be at least 1";
+    if (cfg->max_buffered < 1024)
+        return "max_buffered must be at least 1024";
+    return NULL;
+}

@@ -1,0 +1,34 @@
+/* Server limits and timeouts: one struct, its defaults, and the rules that
+ * check it. Every limit the server enforces is a field here, so the README
+ * table, the app options and the command-line flags all map onto it. */
+#ifndef MW_CONFIG_H
+#define MW_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mw_config {
+    char listen_host[256]; /* numeric address or host name */
+    int listen_port;       /* 0: let the kernel pick one */
+    double ping_interval;     /* s of silence before a heartbeat ping; 0 = off */
+    double pong_timeout;      /* s to wait for any frame after that ping */
+    double idle_timeout;      /* s without a data message before closing; 0 = off */
+    double handshake_timeout; /* s to complete the HTTP upgrade */
+    double close_timeout;     /* s to wait for the peer's close frame */
+    uint64_t max_message_size; /* bytes per message, default for routes */
+    size_t max_header_bytes;   /* bytes of an HTTP request head */
+    size_t max_headers;        /* header fields in a request */
+    size_t max_connections;    /* open connections per worker */
+    size_t max_buffered;       /* bytes queued for writing per connection */
+    size_t max_inbox_bytes;    /* bytes of messages waiting for a busy handler */
+} mw_config_t;
+
+#define MW_DEFAULT_PORT 8080
+
+/* Fills cfg with the documented defaults. */
+void mw__config_defaults(mw_config_t *cfg);
+
+/* Checks cross-field rules; returns NULL or a static message naming the fault. */
+const char *mw__config_check(const mw_config_t *cfg);
+
+#endif

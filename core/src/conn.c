@@ -1,0 +1,348 @@
+/* Connection lifecycle and I/O: accept-time setup, the read path into the
+ * worker's shared buffer, corked writes flushed with writev, backpressure
+ * on the socket, and the one teardown path that every close takes. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "log.h"
+
+/* --- plain TCP transport ------------------------------------------------ */
+
+static ssize_t tcp_read(mw_conn_t *c, void *buf, size_t len)
+{
+    return read(c->io.fd, buf, len);
+}
+
+static ssize_t tcp_writev(mw_conn_t *c, const struct iovec *iov, int n)
+{
+    return writev(c->io.fd, iov, n);
+}
+
+static const mw_transport_t tcp_transport = {tcp_read, tcp_writev};
+
+/* Test transport: moves one byte per call, so every partial read and
+ * partial write path runs (MOONWIRE_TEST_SHORT_IO=1). */
+static ssize_t short_read(mw_conn_t *c, void *buf, size_t len)
+{
+    return read(c->io.fd, buf, len ? 1 : 0);
+}
+
+static ssize_t short_writev(mw_conn_t *c, const struct iovec *iov, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (iov[i].iov_len)
+            return write(c->io.fd, iov[i].iov_base, 1);
+    return 0;
+}
+
+static const mw_transport_t short_transport = {short_read, short_writev};
+
+/* --- lifecycle ------------------------------------------------------------ */
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents);
+
+mw_conn_t *mw__conn_new(mw_worker_t *w, int fd, const struct sockaddr *sa, socklen_t salen)
+{
+    mw_conn_t *c = mw__xcalloc(1, sizeof *c);
+    c->w = w;
+    c->tp = w->short_io ? &short_transport : &tcp_transport;
+    c->id = ++w->next_id;
+    c->refs = 1;
+    c->state = MW_CONN_HTTP;
+    c->app_ref = -2; /* LUA_NOREF */
+    if (salen > sizeof c->peer)
+        salen = sizeof c->peer;
+    memcpy(&c->peer, sa, salen);
+    ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
+    ev_io_start(w->loop, &c->io);
+
+    c->all_next = w->all_head;
+    if (w->all_head)
+        w->all_head->all_prev = c;
+    w->all_head = c;
+    w->nconns++;
+    mw__tl_move(c, MW_TL_HANDSHAKE);
+    return c;
+}
+
+static void inbox_clear(mw_conn_t *c)
+{
+    while (c->inbox_head) {
+        mw_inbox_ev_t *e = c->inbox_head;
+        c->inbox_head = e->next;
+        free(e);
+    }
+    c->inbox_tail = NULL;
+    c->inbox_bytes = 0;
+}
+
+void mw__conn_release(mw_conn_t *c)
+{
+    if (--c->refs > 0)
+        return;
+    /* Dead connections stay on the worker's list until freed, so shutdown
+     * can find the ones the app still holds. */
+    mw_worker_t *w = c->w;
+    if (c->all_prev)
+        c->all_prev->all_next = c->all_next;
+    else
+        w->all_head = c->all_next;
+    if (c->all_next)
+        c->all_next->all_prev = c->all_prev;
+    inbox_clear(c);
+    free(c->close_reason);
+    free(c->head);
+    free(c);
+}
+
+void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason)
+{
+    mw_worker_t *w = c->w;
+    if (c->state == MW_CONN_DEAD)
+        return;
+    mw__conn_retain(c);
+    c->state = MW_CONN_DEAD;
+    ev_io_stop(w->loop, &c->io);
+    close(c->io.fd);
+    mw__tl_move(c, MW_TL_NONE);
+    mw__idle_remove(c);
+    mw__outq_clear(&w->pool, &c->out);
+    free(c->in);
+    c->in = NULL;
+    c->in_len = 0;
+    free(c->msg);
+    c->msg = NULL;
+    c->msg_len = c->msg_cap = 0;
+
+    w->nconns--;
+
+    /* A close code was recorded when a close frame went either way; without
+     * one the connection ended abnormally (RFC 6455 7.1.5: 1006). */
+    if (!c->close_code) {
+        c->close_code = code ? code : MW_WS_CLOSE_ABNORMAL;
+        free(c->close_reason);
+        c->close_reason = reason && *reason ? strdup(reason) : NULL;
+    }
+    if (c->opened && !c->close_owed_delivered) {
+        c->close_owed_delivered = 1;
+        const char *r = c->close_reason ? c->close_reason : "";
+        if (c->busy || c->inbox_head) {
+            size_t rl = strlen(r);
+            mw_inbox_ev_t *e = mw__xmalloc(sizeof *e + rl + 1);
+            e->next = NULL;
+            e->kind = MW_INBOX_CLOSE;
+            e->binary = 0;
+            e->code = c->close_code;
+            e->len = rl;
+            memcpy(e->data, r, rl + 1);
+            if (c->inbox_tail)
+                c->inbox_tail->next = e;
+            else
+                c->inbox_head = e;
+            c->inbox_tail = e;
+        } else {
+            w->ops->on_close(w->ops_ud, c, c->close_code, r, strlen(r));
+        }
+    }
+    mw__conn_release(c); /* the transport's reference */
+    mw__conn_release(c);
+}
+
+/* --- writes --------------------------------------------------------------- */
+
+void mw__conn_want_flush(mw_conn_t *c)
+{
+    if (c->in_flush || c->writing || c->state == MW_CONN_DEAD)
+        return;
+    /* The flush list holds a reference, so a connection torn down while on
+     * it is simply skipped by the flush pass, with no unlinking here. */
+    mw__conn_retain(c);
+    c->in_flush = 1;
+    c->flush_next = c->w->flush_head;
+    c->w->flush_head = c;
+}
+
+static void update_events(mw_conn_t *c)
+{
+    int ev = (c->paused ? 0 : EV_READ) | (c->writing ? EV_WRITE : 0);
+    if (ev == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io))
+        return;
+    ev_io_stop(c->w->loop, &c->io);
+    ev_io_set(&c->io, c->io.fd, ev);
+    if (ev)
+        ev_io_start(c->w->loop, &c->io);
+}
+
+void mw__conn_flush(mw_conn_t *c)
+{
+    mw_worker_t *w = c->w;
+    struct iovec iov[64];
+    while (c->out.bytes > 0 && c->state != MW_CONN_DEAD) {
+        int n = mw__outq_iov(&c->out, iov, 64);
+        ssize_t k = c->tp->writev(c, iov, n);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!c->writing) {
+                    c->writing = 1;
+                    update_events(c);
+                }
+                return;
+            }
+            mw_debug("conn %llu: write failed: %s", (unsigned long long)c->id, strerror(errno));
+            mw__conn_teardown(c, MW_WS_CLOSE_ABNORMAL, NULL);
+            return;
+        }
+        mw__outq_consume(&w->pool, &c->out, (size_t)k);
+        if (w->short_io && c->out.bytes > 0) {
+            /* Let the loop turn between single bytes, as a congested socket would. */
+            if (!c->writing) {
+                c->writing = 1;
+                update_events(c);
+            }
+            return;
+        }
+    }
+    if (c->writing) {
+        c->writing = 0;
+        update_events(c);
+    }
+    /* After a reply to the peer's close, or an HTTP error, the server closes
+     * the TCP connection first (RFC 6455 7.1.1) once everything is out. */
+    if (c->state == MW_CONN_FLUSHCLOSE && c->out.bytes == 0 && !c->fin_sent) {
+        /* Half-close and keep reading (and discarding) until the peer's
+         * EOF or close_timeout: closing with unread input would make the
+         * kernel send a reset that can destroy our last bytes in flight. */
+        c->fin_sent = 1;
+        shutdown(c->io.fd, SHUT_WR);
+        if (c->tl_list != MW_TL_CLOSING)
+            mw__tl_move(c, MW_TL_CLOSING);
+    }
+}
+
+void mw__conn_set_reading(mw_conn_t *c, int on)
+{
+    if (c->state == MW_CONN_DEAD || c->paused == !on)
+        return;
+    c->paused = !on;
+    update_events(c);
+}
+
+/* --- reads ---------------------------------------------------------------- */
+
+size_t mw__conn_process(mw_conn_t *c, uint8_t *buf, size_t len)
+{
+    switch (c->state) {
+    case MW_CONN_HTTP:
+        return mw__conn_http_input(c, buf, len);
+    case MW_CONN_OPEN:
+    case MW_CONN_CLOSING:
+        return mw__conn_ws_input(c, buf, len);
+    default:
+        return len; /* nothing more is read once we are closing the socket */
+    }
+}
+
+/* Keeps buf[off..len) as the connection's carried-over input. */
+static void keep_rest(mw_conn_t *c, const uint8_t *buf, size_t off, size_t len)
+{
+    size_t rest = len - off;
+    if (rest == 0 || c->state == MW_CONN_DEAD) {
+        free(c->in);
+        c->in = NULL;
+        c->in_len = 0;
+        return;
+    }
+    if (buf == c->in) {
+        memmove(c->in, c->in + off, rest);
+    } else {
+        c->in = mw__xrealloc(c->in, rest);
+        memcpy(c->in, buf + off, rest);
+    }
+    c->in_len = (uint32_t)rest;
+}
+
+static void on_readable(mw_conn_t *c)
+{
+    mw_worker_t *w = c->w;
+    /* Carried-over bytes go in front of the fresh ones, so the parsers
+     * always see one contiguous buffer. The read buffer holds the largest
+     * carry-over (a request head up to max_header_bytes) plus 64 KiB. */
+    size_t have = c->in_len;
+    if (have)
+        memcpy(w->rbuf, c->in, have);
+    ssize_t n = c->tp->read(c, w->rbuf + have, w->rbuf_cap - have);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        mw_debug("conn %llu: read failed: %s", (unsigned long long)c->id, strerror(errno));
+        mw__conn_teardown(c, MW_WS_CLOSE_ABNORMAL, NULL);
+        return;
+    }
+    if (n == 0) {
+        /* EOF. After a completed close handshake this is the normal end. */
+        mw__conn_teardown(c, MW_WS_CLOSE_ABNORMAL, NULL);
+        return;
+    }
+    have += (size_t)n;
+    size_t used = mw__conn_process(c, w->rbuf, have);
+    keep_rest(c, w->rbuf, used, have);
+}
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    mw_conn_t *c = (mw_conn_t *)((char *)io - offsetof(mw_conn_t, io));
+    mw__conn_retain(c);
+    if ((revents & EV_WRITE) && c->state != MW_CONN_DEAD)
+        mw__conn_flush(c);
+    if ((revents & EV_READ) && c->state != MW_CONN_DEAD && !c->paused)
+        on_readable(c);
+    mw__conn_release(c);
+}
+
+void mw__conn_resume_input(mw_conn_t *c)
+{
+    if (c->state == MW_CONN_DEAD)
+        return;
+    mw__conn_retain(c);
+    c->paused = 0;
+    if (c->in_len) {
+        /* Parse from a private copy: the parser unmasks in place and
+         * delivery may carry the rest over into c->in again. */
+        size_t len = c->in_len;
+        uint8_t *buf = c->in;
+        c->in = NULL;
+        c->in_len = 0;
+        size_t used = mw__conn_process(c, buf, len);
+        if (c->state != MW_CONN_DEAD && used < len) {
+            free(c->in);
+            c->in = mw__xmalloc(len - used);
+            memcpy(c->in, buf + used, len - used);
+            c->in_len = (uint32_t)(len - used);
+        }
+        free(buf);
+    }
+    if (c->state != MW_CONN_DEAD)
+        update_events(c);
+    mw__conn_release(c);
+}
+
+int mw__conn_peer(const mw_conn_t *c, char *buf, size_t len)
+{
+    if (c->peer.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&c->peer;
+        inet_ntop(AF_INET6, &s6->sin6_addr, buf, (socklen_t)len);
+        return ntohs(s6->sin6_port);
+    }
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)&c->peer;
+    inet_ntop(AF_INET, &s4->sin_addr, buf, (socklen_t)len);
+    return ntohs(s4->sin_port);
+}

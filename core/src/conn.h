@@ -1,0 +1,165 @@
+/* A client connection: its socket and transport, the HTTP upgrade, the
+ * WebSocket frame stream, its output queue, its timers and its inbox of
+ * events waiting for a busy handler.
+ *
+ * Lifetime: a connection is reference counted. The transport holds one
+ * reference until the socket is closed (mw__conn_teardown), the app (Lua)
+ * holds one while it has a handle on the connection, and the core holds one
+ * around every call into the app. Memory is freed when the last goes, so a
+ * handler may close its own connection, and nothing is freed under a caller. */
+#ifndef MW_CONN_H
+#define MW_CONN_H
+
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "worker.h"
+#include "ws_frame.h"
+
+enum mw_conn_state {
+    MW_CONN_HTTP = 0,    /* reading the upgrade request */
+    MW_CONN_OPEN,        /* WebSocket open */
+    MW_CONN_CLOSING,     /* we sent a close frame and wait for the peer's */
+    MW_CONN_FLUSHCLOSE,  /* writing what is queued, then closing the socket */
+    MW_CONN_DEAD,        /* socket closed; waiting for the app to let go */
+};
+
+/* An event waiting for a busy handler. */
+typedef struct mw_inbox_ev {
+    struct mw_inbox_ev *next;
+    uint8_t kind; /* MW_INBOX_MESSAGE or MW_INBOX_CLOSE */
+    uint8_t binary;
+    uint16_t code;
+    size_t len;
+    uint8_t data[];
+} mw_inbox_ev_t;
+
+enum { MW_INBOX_OPEN = 1, MW_INBOX_MESSAGE, MW_INBOX_CLOSE };
+
+/* Byte transport under the WebSocket layer (plain TCP now, TLS later).
+ * read/writev return bytes moved, 0 for EOF on read, or -1 with errno. */
+typedef struct mw_transport {
+    ssize_t (*read)(mw_conn_t *c, void *buf, size_t len);
+    ssize_t (*writev)(mw_conn_t *c, const struct iovec *iov, int n);
+} mw_transport_t;
+
+struct mw_conn {
+    mw_worker_t *w;
+    const mw_transport_t *tp;
+    ev_io io; /* EV_READ while reading, plus EV_WRITE while the kernel pushes back */
+    uint64_t id;
+    uint32_t refs;
+    uint8_t state;       /* enum mw_conn_state */
+    uint8_t opened : 1;  /* on_open was delivered or queued: on_close is owed */
+    uint8_t close_owed_delivered : 1; /* on_close was delivered or queued */
+    uint8_t busy : 1;    /* a handler is suspended; events go to the inbox */
+    uint8_t paused : 1;  /* reading stopped: the inbox is full */
+    uint8_t in_flush : 1; /* on the worker's flush list */
+    uint8_t writing : 1; /* EV_WRITE armed */
+    uint8_t close_sent : 1;
+    uint8_t close_received : 1;
+    uint8_t fin_sent : 1; /* our side is shut down; waiting for the peer's EOF */
+    uint8_t tl_list;     /* MW_TL_* list this connection is on */
+    uint8_t in_idle;     /* on the idle list */
+    uint16_t close_code; /* reported to on_close */
+    int route;           /* the app's route index */
+
+    /* Unparsed input carried over between reads (a partial frame header or
+     * control frame, or a partial HTTP head); NULL when empty. */
+    uint8_t *in;
+    uint32_t in_len;
+
+    mw_outq_t out;
+
+    /* A message being reassembled from several frames or reads. */
+    uint8_t *msg;
+    size_t msg_len, msg_cap;
+
+    union {
+        mw_http_parser_t http;
+        mw_ws_parser_t ws;
+    } p;
+
+    /* Timer lists (see worker.h). */
+    mw_conn_t *tl_prev, *tl_next;
+    double tl_stamp;
+    mw_conn_t *il_prev, *il_next;
+    double il_stamp;
+
+    mw_conn_t *flush_next;
+    mw_conn_t *all_prev, *all_next;
+
+    mw_inbox_ev_t *inbox_head, *inbox_tail;
+    size_t inbox_bytes;
+
+    char *close_reason; /* reported to on_close; owned */
+
+    char *head; /* copy of the upgrade request head, for the app; owned */
+    uint32_t head_len;
+
+    struct sockaddr_storage peer;
+    int app_ref; /* the app's handle (a Lua registry ref), managed by core/bind */
+};
+
+/* --- lifecycle (conn.c) --- */
+mw_conn_t *mw__conn_new(mw_worker_t *w, int fd, const struct sockaddr *sa, socklen_t salen);
+static inline void mw__conn_retain(mw_conn_t *c)
+{
+    c->refs++;
+}
+void mw__conn_release(mw_conn_t *c);
+
+/* Closes the socket now and releases the transport's reference. For an opened
+ * connection, on_close is delivered (or queued behind a busy handler) with
+ * the recorded close code, or with `code` if none was recorded. */
+void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason);
+
+/* Marks c for a flush before the loop sleeps. */
+void mw__conn_want_flush(mw_conn_t *c);
+/* Writes what the kernel takes now; arms EV_WRITE for the rest. */
+void mw__conn_flush(mw_conn_t *c);
+/* Starts or stops reading (inbox backpressure). */
+void mw__conn_set_reading(mw_conn_t *c, int on);
+/* Resumes reading and parsing input held back while the inbox was full. */
+void mw__conn_resume_input(mw_conn_t *c);
+/* Input handling for the current state; returns bytes consumed. */
+size_t mw__conn_process(mw_conn_t *c, uint8_t *buf, size_t len);
+
+/* --- HTTP upgrade (conn_http.c) --- */
+size_t mw__conn_http_input(mw_conn_t *c, uint8_t *buf, size_t len);
+/* Writes a complete error response and closes after flushing it. */
+void mw__conn_http_error(mw_conn_t *c, int status, const char *extra_headers, const char *why);
+
+/* --- WebSocket (conn_ws.c) --- */
+size_t mw__conn_ws_input(mw_conn_t *c, uint8_t *buf, size_t len);
+
+/* Queues one frame. Returns MW_OK, or MW_ECLOSED when c no longer sends
+ * (closing, closed). Copies data. Never calls into the app. */
+int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len);
+
+/* Starts the close handshake with code and reason (reason <= 123 bytes,
+ * truncated otherwise); code 0 sends an empty close. No-op when closing. */
+void mw__conn_close(mw_conn_t *c, uint16_t code, const char *reason, size_t rlen);
+
+/* Called by the app when a suspended handler of c finished: delivers the
+ * events that waited in the inbox, in order, until one suspends again. */
+void mw__conn_handler_done(mw_conn_t *c);
+
+/* True while c can still send frames. */
+int mw__conn_can_send(const mw_conn_t *c);
+
+/* Formats the peer address ("1.2.3.4" or "::1") into buf; returns the port. */
+int mw__conn_peer(const mw_conn_t *c, char *buf, size_t len);
+
+/* Timer-list membership (tlist.c). */
+/* Moves c to the tail of list `which` (MW_TL_*) stamped now; MW_TL_NONE
+ * only removes it. A list whose timeout is 0 (disabled) takes nobody. */
+void mw__tl_move(mw_conn_t *c, int which);
+/* Restamps c now and moves it to the tail of the list it is on. */
+void mw__tl_touch(mw_conn_t *c);
+/* The same for the idle list (no-op when idle_timeout is 0). */
+void mw__idle_touch(mw_conn_t *c);
+void mw__idle_remove(mw_conn_t *c);
+
+#endif

@@ -1,0 +1,266 @@
+/* The WebSocket phase of a connection (RFC 6455 5-7): frames in, messages to
+ * the app in order (through the inbox while a handler is busy), control
+ * frames answered, frames out through the corked output queue, and the
+ * close handshake. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "conn.h"
+#include "log.h"
+
+int mw__conn_can_send(const mw_conn_t *c)
+{
+    return c->state == MW_CONN_OPEN;
+}
+
+static void queue_frame(mw_conn_t *c, int opcode, const void *data, size_t len)
+{
+    uint8_t hdr[MW_WS_MAX_HEADER];
+    size_t hlen = mw__ws_header(hdr, 1, 0, opcode, len);
+    mw__outq_append2(&c->w->pool, &c->out, hdr, hlen, data, len);
+    mw__conn_want_flush(c);
+}
+
+/* Builds a close payload: 2-byte code and up to 123 bytes of reason (RFC
+ * 6455 5.5: control payloads <= 125). Returns its length. */
+static size_t close_payload(uint8_t out[MW_WS_MAX_CONTROL], uint16_t code, const char *reason,
+                            size_t rlen)
+{
+    if (!code)
+        return 0;
+    out[0] = (uint8_t)(code >> 8);
+    out[1] = (uint8_t)code;
+    if (rlen > MW_WS_MAX_CONTROL - 2)
+        rlen = MW_WS_MAX_CONTROL - 2;
+    if (rlen)
+        memcpy(out + 2, reason, rlen);
+    return 2 + rlen;
+}
+
+static void record_close(mw_conn_t *c, uint16_t code, const char *reason, size_t rlen)
+{
+    c->close_code = code;
+    free(c->close_reason);
+    c->close_reason = NULL;
+    if (rlen) {
+        c->close_reason = mw__xmalloc(rlen + 1);
+        memcpy(c->close_reason, reason, rlen);
+        c->close_reason[rlen] = 0;
+    }
+}
+
+int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len)
+{
+    if (c->state != MW_CONN_OPEN)
+        return MW_ECLOSED;
+    queue_frame(c, opcode, data, len);
+    if (c->out.bytes > c->w->cfg.max_buffered && opcode != MW_WS_OP_PONG) {
+        /* A consumer this far behind would grow our memory without bound;
+         * the message just queued stays queued, then the close follows. */
+        mw_warn("conn %llu: slow consumer: %zu bytes queued (max_buffered %zu); closing with 1008",
+                (unsigned long long)c->id, c->out.bytes, c->w->cfg.max_buffered);
+        mw__conn_close(c, MW_WS_CLOSE_POLICY, "slow consumer", 13);
+    }
+    return MW_OK;
+}
+
+void mw__conn_close(mw_conn_t *c, uint16_t code, const char *reason, size_t rlen)
+{
+    if (c->state != MW_CONN_OPEN)
+        return;
+    uint8_t payload[MW_WS_MAX_CONTROL];
+    size_t n = close_payload(payload, code, reason, rlen);
+    queue_frame(c, MW_WS_OP_CLOSE, payload, n);
+    c->close_sent = 1;
+    record_close(c, code ? code : MW_WS_CLOSE_NO_STATUS, reason, n > 2 ? n - 2 : 0);
+    c->state = MW_CONN_CLOSING;
+    mw__tl_move(c, MW_TL_CLOSING);
+    mw__idle_remove(c);
+}
+
+/* RFC 6455 7.1.7 "Fail the WebSocket Connection": send a close with the
+ * reason for the failure, stop reading frames, and close the TCP connection
+ * once the close is written. */
+static void fail(mw_conn_t *c, uint16_t code, const char *why)
+{
+    mw_debug("conn %llu: failing with %u: %s", (unsigned long long)c->id, code, why);
+    if (!c->close_sent) {
+        uint8_t payload[MW_WS_MAX_CONTROL];
+        size_t rlen = why ? strlen(why) : 0;
+        size_t n = close_payload(payload, code, why, rlen);
+        queue_frame(c, MW_WS_OP_CLOSE, payload, n);
+        c->close_sent = 1;
+        record_close(c, code, why, n - 2);
+    }
+    c->state = MW_CONN_FLUSHCLOSE;
+    mw__tl_move(c, MW_TL_CLOSING);
+    mw__idle_remove(c);
+}
+
+static void inbox_push(mw_conn_t *c, int kind, int binary, uint16_t code, const uint8_t *data,
+                       size_t len)
+{
+    mw_inbox_ev_t *e = mw__xmalloc(sizeof *e + len + 1);
+    e->next = NULL;
+    e->kind = (uint8_t)kind;
+    e->binary = (uint8_t)binary;
+    e->code = code;
+    e->len = len;
+    if (len)
+        memcpy(e->data, data, len);
+    e->data[len] = 0;
+    if (c->inbox_tail)
+        c->inbox_tail->next = e;
+    else
+        c->inbox_head = e;
+    c->inbox_tail = e;
+    c->inbox_bytes += len;
+}
+
+/* Hands a complete message to the app, or to the inbox while a handler of
+ * this connection is suspended (DESIGN.md principle 5: one call at a time,
+ * in arrival order). A full inbox stops reading the socket: TCP pushes
+ * back on the client and nothing is lost. */
+static void deliver(mw_conn_t *c, int binary, const uint8_t *data, size_t len)
+{
+    mw_worker_t *w = c->w;
+    mw__idle_touch(c);
+    if (!c->busy && !c->inbox_head) {
+        if (w->ops->on_message(w->ops_ud, c, data, len, binary))
+            c->busy = 1;
+        return;
+    }
+    inbox_push(c, MW_INBOX_MESSAGE, binary, 0, data, len);
+    if (c->inbox_bytes >= w->cfg.max_inbox_bytes)
+        mw__conn_set_reading(c, 0);
+}
+
+static void on_data(mw_conn_t *c, const mw_ws_event_t *ev)
+{
+    /* RFC 6455 1.4: after sending a close, data frames are discarded. */
+    if (c->state != MW_CONN_OPEN)
+        return;
+    int binary = ev->opcode == MW_WS_OP_BINARY;
+    if (ev->first && ev->last) {
+        /* The whole message lies in the read buffer: no copy. */
+        deliver(c, binary, ev->data, ev->len);
+        return;
+    }
+    if (ev->len) {
+        if (c->msg_len + ev->len > c->msg_cap) {
+            size_t cap = c->msg_cap ? c->msg_cap : 4096;
+            while (cap < c->msg_len + ev->len)
+                cap *= 2;
+            c->msg = mw__xrealloc(c->msg, cap);
+            c->msg_cap = cap;
+        }
+        memcpy(c->msg + c->msg_len, ev->data, ev->len);
+        c->msg_len += ev->len;
+    }
+    if (ev->last) {
+        deliver(c, binary, c->msg ? c->msg : (const uint8_t *)"", c->msg_len);
+        /* Idle connections hold no buffers. */
+        free(c->msg);
+        c->msg = NULL;
+        c->msg_len = c->msg_cap = 0;
+    }
+}
+
+static void on_control(mw_conn_t *c, const mw_ws_event_t *ev)
+{
+    switch (ev->opcode) {
+    case MW_WS_OP_PING:
+        /* RFC 6455 5.5.3: answer with a pong carrying the same payload. */
+        if (c->state == MW_CONN_OPEN)
+            queue_frame(c, MW_WS_OP_PONG, ev->data, ev->len);
+        return;
+    case MW_WS_OP_PONG:
+        return; /* liveness was already noted; unsolicited pongs are fine */
+    case MW_WS_OP_CLOSE:
+        break;
+    default:
+        return;
+    }
+    uint16_t code = 0;
+    int bad = mw__ws_close_check(ev->data, ev->len, &code);
+    c->close_received = 1;
+    if (bad) {
+        fail(c, (uint16_t)bad, bad == MW_WS_CLOSE_INVALID_DATA ? "close reason is not UTF-8"
+                                                               : "invalid close frame");
+        return;
+    }
+    if (c->state == MW_CONN_CLOSING) {
+        /* Our close was answered: the handshake is complete. */
+        c->state = MW_CONN_FLUSHCLOSE;
+        mw__conn_want_flush(c);
+        return;
+    }
+    /* The peer started the close: echo its code (RFC 6455 5.5.1) and
+     * report its code and reason to on_close. */
+    const char *reason = ev->len > 2 ? (const char *)ev->data + 2 : "";
+    size_t rlen = ev->len > 2 ? ev->len - 2 : 0;
+    uint8_t payload[MW_WS_MAX_CONTROL];
+    size_t n = close_payload(payload, code == MW_WS_CLOSE_NO_STATUS ? 0 : code, NULL, 0);
+    queue_frame(c, MW_WS_OP_CLOSE, payload, n);
+    c->close_sent = 1;
+    record_close(c, code, reason, rlen);
+    c->state = MW_CONN_FLUSHCLOSE;
+    mw__tl_move(c, MW_TL_CLOSING);
+    mw__idle_remove(c);
+}
+
+size_t mw__conn_ws_input(mw_conn_t *c, uint8_t *buf, size_t len)
+{
+    /* Any bytes from the peer prove it alive: restart its heartbeat clock. */
+    if (c->tl_list == MW_TL_PING)
+        mw__tl_move(c, MW_TL_ACTIVE);
+    else if (c->tl_list == MW_TL_ACTIVE)
+        mw__tl_touch(c);
+
+    size_t off = 0;
+    while (off < len && !c->paused &&
+           (c->state == MW_CONN_OPEN || c->state == MW_CONN_CLOSING)) {
+        mw_ws_event_t ev;
+        ssize_t r = mw__ws_parse(&c->p.ws, buf + off, len - off, &ev);
+        if (r < 0) {
+            fail(c, ev.close_code, ev.error);
+            return len;
+        }
+        off += (size_t)r;
+        if (ev.type == MW_WS_EV_DATA)
+            on_data(c, &ev);
+        else if (ev.type == MW_WS_EV_CONTROL)
+            on_control(c, &ev);
+        else if (r == 0)
+            break; /* need more bytes */
+    }
+    if (c->state != MW_CONN_OPEN && c->state != MW_CONN_CLOSING)
+        return len; /* nothing after a close is read */
+    return off;
+}
+
+void mw__conn_handler_done(mw_conn_t *c)
+{
+    mw_worker_t *w = c->w;
+    mw__conn_retain(c);
+    c->busy = 0;
+    while (!c->busy && c->inbox_head) {
+        mw_inbox_ev_t *e = c->inbox_head;
+        c->inbox_head = e->next;
+        if (!c->inbox_head)
+            c->inbox_tail = NULL;
+        c->inbox_bytes -= e->kind == MW_INBOX_MESSAGE ? e->len : 0;
+        int suspended;
+        if (e->kind == MW_INBOX_MESSAGE)
+            suspended = w->ops->on_message(w->ops_ud, c, e->data, e->len, e->binary);
+        else
+            suspended = w->ops->on_close(w->ops_ud, c, e->code, (const char *)e->data, e->len);
+        free(e);
+        if (suspended)
+            c->busy = 1;
+    }
+    if (c->paused && c->inbox_bytes < w->cfg.max_inbox_bytes)
+        mw__conn_resume_input(c);
+    mw__conn_release(c);
+}

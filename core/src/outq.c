@@ -1,0 +1,174 @@
+/* Output queue and chunk pool (see outq.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "outq.h"
+
+mw_rbuf_t *mw__rbuf_new(const void *data, size_t len)
+{
+    mw_rbuf_t *b = mw__xmalloc(sizeof *b + len);
+    b->refs = 1;
+    b->len = len;
+    if (data)
+        memcpy(b->data, data, len);
+    return b;
+}
+
+void mw__rbuf_release(mw_rbuf_t *b)
+{
+    if (--b->refs == 0)
+        free(b);
+}
+
+void mw__chunk_pool_init(mw_chunk_pool_t *pool, size_t max_free)
+{
+    pool->free = NULL;
+    pool->nfree = 0;
+    pool->max_free = max_free;
+}
+
+void mw__chunk_pool_free(mw_chunk_pool_t *pool)
+{
+    while (pool->free) {
+        mw_chunk_t *c = pool->free;
+        pool->free = c->next;
+        free(c);
+    }
+    pool->nfree = 0;
+}
+
+static mw_chunk_t *chunk_get(mw_chunk_pool_t *pool, size_t need)
+{
+    mw_chunk_t *c;
+    if (need <= MW_CHUNK_SIZE && pool->free) {
+        c = pool->free;
+        pool->free = c->next;
+        pool->nfree--;
+    } else {
+        size_t cap = need <= MW_CHUNK_SIZE ? MW_CHUNK_SIZE : need;
+        c = mw__xmalloc(sizeof *c + cap);
+        c->cap = (uint32_t)cap;
+    }
+    c->next = NULL;
+    c->ref = NULL;
+    c->start = c->end = 0;
+    return c;
+}
+
+static void chunk_put(mw_chunk_pool_t *pool, mw_chunk_t *c)
+{
+    if (c->ref) {
+        mw__rbuf_release(c->ref);
+        c->ref = NULL;
+        /* Ref chunks are allocated with no data area; never pool them. */
+        free(c);
+        return;
+    }
+    if (c->cap == MW_CHUNK_SIZE && pool->nfree < pool->max_free) {
+        c->next = pool->free;
+        pool->free = c;
+        pool->nfree++;
+    } else {
+        free(c);
+    }
+}
+
+static void link_tail(mw_outq_t *q, mw_chunk_t *c)
+{
+    if (q->tail)
+        q->tail->next = c;
+    else
+        q->head = c;
+    q->tail = c;
+}
+
+/* Copies n bytes into q, filling the tail chunk's free space first. */
+static void append_bytes(mw_chunk_pool_t *pool, mw_outq_t *q, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        mw_chunk_t *t = q->tail;
+        if (!t || t->ref || t->end == t->cap) {
+            /* A large remainder gets one exact-size chunk instead of many. */
+            t = chunk_get(pool, n > MW_CHUNK_SIZE ? n : MW_CHUNK_SIZE);
+            link_tail(q, t);
+        }
+        size_t room = t->cap - t->end;
+        size_t k = n < room ? n : room;
+        memcpy(t->data + t->end, p, k);
+        t->end += (uint32_t)k;
+        p += k;
+        n -= k;
+        q->bytes += k;
+    }
+}
+
+void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
+                      const void *data, size_t len)
+{
+    if (hlen)
+        append_bytes(pool, q, hdr, hlen);
+    if (len)
+        append_bytes(pool, q, data, len);
+}
+
+void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b)
+{
+    (void)pool;
+    if (b->len == 0)
+        return;
+    mw_chunk_t *c = mw__xmalloc(sizeof *c);
+    c->next = NULL;
+    c->ref = b;
+    mw__rbuf_retain(b);
+    c->start = 0;
+    c->end = (uint32_t)b->len;
+    c->cap = 0;
+    link_tail(q, c);
+    q->bytes += b->len;
+}
+
+int mw__outq_iov(const mw_outq_t *q, struct iovec *iov, int max)
+{
+    int n = 0;
+    for (mw_chunk_t *c = q->head; c && n < max; c = c->next) {
+        uint8_t *base = c->ref ? c->ref->data : c->data;
+        if (c->end == c->start)
+            continue;
+        iov[n].iov_base = base + c->start;
+        iov[n].iov_len = c->end - c->start;
+        n++;
+    }
+    return n;
+}
+
+void mw__outq_consume(mw_chunk_pool_t *pool, mw_outq_t *q, size_t n)
+{
+    q->bytes -= n;
+    while (q->head) {
+        mw_chunk_t *c = q->head;
+        size_t avail = c->end - c->start;
+        if (n < avail) {
+            c->start += (uint32_t)n;
+            return;
+        }
+        n -= avail;
+        /* A fully written chunk goes back at once: an idle connection's
+         * empty queue holds no memory. */
+        q->head = c->next;
+        if (!q->head)
+            q->tail = NULL;
+        chunk_put(pool, c);
+    }
+}
+
+void mw__outq_clear(mw_chunk_pool_t *pool, mw_outq_t *q)
+{
+    while (q->head) {
+        mw_chunk_t *c = q->head;
+        q->head = c->next;
+        chunk_put(pool, c);
+    }
+    q->tail = NULL;
+    q->bytes = 0;
+}

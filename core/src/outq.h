@@ -1,0 +1,76 @@
+/* Per-connection output queue: the bytes a connection still has to write,
+ * in order, as a list of chunks.
+ *
+ * Small frames are copied into pooled chunks (16 KiB each), so a send costs
+ * a memcpy and, on the common path, no malloc: chunks come from and return
+ * to a per-worker free list. A chunk may instead refer to a shared,
+ * refcounted buffer, so one encoded frame can sit in many queues at once
+ * (publish fan-out) without copies. Everything is flushed with writev. */
+#ifndef MW_OUTQ_H
+#define MW_OUTQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+/* A shared, immutable byte buffer with a reference count (one worker only). */
+typedef struct mw_rbuf {
+    uint32_t refs;
+    size_t len;
+    uint8_t data[];
+} mw_rbuf_t;
+
+/* Returns an owned buffer of len bytes with refs = 1, contents copied from data
+ * when data is not NULL. */
+mw_rbuf_t *mw__rbuf_new(const void *data, size_t len);
+static inline void mw__rbuf_retain(mw_rbuf_t *b)
+{
+    b->refs++;
+}
+void mw__rbuf_release(mw_rbuf_t *b);
+
+typedef struct mw_chunk {
+    struct mw_chunk *next;
+    mw_rbuf_t *ref; /* when set, the bytes are ref->data[start..end) */
+    uint32_t start; /* first byte not yet written */
+    uint32_t end;   /* end of valid bytes */
+    uint32_t cap;   /* capacity of data[] (0 for ref chunks) */
+    uint8_t data[];
+} mw_chunk_t;
+
+/* Pool of standard-size chunks, one per worker. */
+typedef struct mw_chunk_pool {
+    mw_chunk_t *free;
+    size_t nfree;
+    size_t max_free; /* chunks kept for reuse; the rest go back to malloc */
+} mw_chunk_pool_t;
+
+#define MW_CHUNK_SIZE (16384 - sizeof(mw_chunk_t))
+
+typedef struct mw_outq {
+    mw_chunk_t *head, *tail;
+    size_t bytes; /* bytes queued and not yet written */
+} mw_outq_t;
+
+void mw__chunk_pool_init(mw_chunk_pool_t *pool, size_t max_free);
+void mw__chunk_pool_free(mw_chunk_pool_t *pool);
+
+/* Copies a frame made of hdr[0..hlen) and data[0..len) to the end of q; the
+ * caller keeps both. Fills the tail chunk first and takes pooled chunks
+ * after it; a payload larger than a chunk gets a chunk of its own size. */
+void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
+                      const void *data, size_t len);
+
+/* Queues the bytes of b (retained; the caller keeps its reference). */
+void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b);
+
+/* Fills up to max iovecs with the queued bytes, in order. Returns the count. */
+int mw__outq_iov(const mw_outq_t *q, struct iovec *iov, int max);
+
+/* Drops the first n bytes (n <= q->bytes), returning emptied chunks. */
+void mw__outq_consume(mw_chunk_pool_t *pool, mw_outq_t *q, size_t n);
+
+/* Drops everything. */
+void mw__outq_clear(mw_chunk_pool_t *pool, mw_outq_t *q);
+
+#endif

@@ -1,0 +1,268 @@
+/* The worker: listener and accept loop, the flush pass that writes corked
+ * output before the loop sleeps, the expiry actions of the timer lists, and
+ * orderly stop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "log.h"
+
+/* --- timeouts --------------------------------------------------------------- */
+
+static void handshake_expired(mw_conn_t *c)
+{
+    if (c->state == MW_CONN_HTTP)
+        mw__conn_http_error(c, 408, NULL, "the upgrade request did not arrive in time");
+}
+
+static void heartbeat_due(mw_conn_t *c)
+{
+    /* Silence for ping_interval: ask for a sign of life. */
+    if (c->state != MW_CONN_OPEN)
+        return;
+    static const char payload[] = "moonwire";
+    uint8_t hdr[MW_WS_MAX_HEADER];
+    size_t hlen = mw__ws_header(hdr, 1, 0, MW_WS_OP_PING, sizeof payload - 1);
+    mw__outq_append2(&c->w->pool, &c->out, hdr, hlen, payload, sizeof payload - 1);
+    mw__conn_want_flush(c);
+    mw__tl_move(c, MW_TL_PING);
+}
+
+static void pong_overdue(mw_conn_t *c)
+{
+    /* No byte since our ping: the peer or the path is gone. Tell it why if
+     * the socket still takes bytes, then drop it without waiting. */
+    mw_debug("conn %llu: no pong within %.3gs; dropping", (unsigned long long)c->id,
+             c->w->cfg.pong_timeout);
+    if (c->state == MW_CONN_OPEN)
+        mw__conn_close(c, MW_WS_CLOSE_GOING_AWAY, "pong timeout", 12);
+    mw__conn_flush(c);
+    c->close_code = 0; /* report an abnormal end, not our close */
+    mw__conn_teardown(c, MW_WS_CLOSE_ABNORMAL, "pong timeout");
+}
+
+static void close_overdue(mw_conn_t *c)
+{
+    mw_debug("conn %llu: peer did not finish the close in time", (unsigned long long)c->id);
+    mw__conn_teardown(c, MW_WS_CLOSE_ABNORMAL, NULL);
+}
+
+static void idle_expired(mw_conn_t *c)
+{
+    if (c->state == MW_CONN_OPEN)
+        mw__conn_close(c, MW_WS_CLOSE_GOING_AWAY, "idle timeout", 12);
+}
+
+/* --- flush pass ------------------------------------------------------------- */
+
+/* Runs before the loop blocks: every send made while this iteration's events
+ * were handled goes out now, one writev per connection (DESIGN.md
+ * principle 2). */
+static void flush_pass(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    (void)loop;
+    (void)revents;
+    mw_worker_t *w = (mw_worker_t *)((char *)p - offsetof(mw_worker_t, flush_prep));
+    while (w->flush_head) {
+        mw_conn_t *c = w->flush_head;
+        w->flush_head = c->flush_next;
+        c->flush_next = NULL;
+        c->in_flush = 0;
+        if (c->state != MW_CONN_DEAD && !c->writing)
+            mw__conn_flush(c);
+        mw__conn_release(c); /* the flush list's reference */
+    }
+}
+
+/* --- accept ------------------------------------------------------------------- */
+
+static void refuse_busy(int fd)
+{
+    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                               "Connection: close\r\n"
+                               "Content-Type: text/plain; charset=utf-8\r\n"
+                               "Retry-After: 1\r\n"
+                               "Content-Length: 55\r\n\r\n"
+                               "503 Service Unavailable: too many connections (max_connections)\n";
+    /* One best-effort write to a fresh socket: its send buffer is empty. */
+    ssize_t n = write(fd, resp, sizeof resp - 1);
+    (void)n;
+    shutdown(fd, SHUT_WR);
+    close(fd);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)revents;
+    mw_worker_t *w = (mw_worker_t *)((char *)io - offsetof(mw_worker_t, accept_io));
+    /* A bounded batch per wakeup keeps a connection storm from starving the
+     * connections we already have. */
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(w->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: stop accepting briefly instead of
+                 * spinning on a listener that stays readable. */
+                mw_warn("accept: %s; pausing accepts for 100 ms", strerror(errno));
+                ev_io_stop(loop, &w->accept_io);
+                ev_timer_set(&w->accept_pause, 0.1, 0.);
+                ev_timer_start(loop, &w->accept_pause);
+            }
+            return;
+        }
+        if (w->nconns >= w->cfg.max_connections) {
+            mw_warn("refusing a connection: max_connections (%zu) reached",
+                    w->cfg.max_connections);
+            refuse_busy(fd);
+            continue;
+        }
+        int one = 1;
+        /* Corked writes already batch small frames; Nagle would only add delay. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
+    }
+}
+
+static void accept_resume(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    mw_worker_t *w = (mw_worker_t *)((char *)t - offsetof(mw_worker_t, accept_pause));
+    if (!w->stopping)
+        ev_io_start(loop, &w->accept_io);
+}
+
+/* --- setup and teardown ------------------------------------------------------- */
+
+void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cfg,
+                     const mw_app_ops_t *ops, void *ud)
+{
+    memset(w, 0, sizeof *w);
+    w->loop = loop;
+    w->cfg = *cfg;
+    w->ops = ops;
+    w->ops_ud = ud;
+    w->listen_fd = -1;
+    w->hdrs = mw__xcalloc(cfg->max_headers, sizeof *w->hdrs);
+    w->rbuf_cap = cfg->max_header_bytes + 65536;
+    w->rbuf = mw__xmalloc(w->rbuf_cap);
+    mw__chunk_pool_init(&w->pool, 256);
+    const char *sio = getenv("MOONWIRE_TEST_SHORT_IO");
+    w->short_io = sio && *sio && strcmp(sio, "0") != 0;
+
+    mw__tlist_init(&w->tl[MW_TL_HANDSHAKE], w, cfg->handshake_timeout, handshake_expired);
+    mw__tlist_init(&w->tl[MW_TL_ACTIVE], w, cfg->ping_interval, heartbeat_due);
+    mw__tlist_init(&w->tl[MW_TL_PING], w, cfg->ping_interval > 0 ? cfg->pong_timeout : 0,
+                   pong_overdue);
+    mw__tlist_init(&w->tl[MW_TL_CLOSING], w, cfg->close_timeout, close_overdue);
+    mw__tlist_init(&w->idle, w, cfg->idle_timeout, idle_expired);
+
+    ev_prepare_init(&w->flush_prep, flush_pass);
+    ev_prepare_start(loop, &w->flush_prep);
+    ev_timer_init(&w->accept_pause, accept_resume, 0.1, 0.);
+}
+
+int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", w->cfg.listen_port);
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    int rc = getaddrinfo(w->cfg.listen_host, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", w->cfg.listen_host,
+                 w->cfg.listen_port, gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1, saved = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+            break;
+        saved = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", w->cfg.listen_host,
+                 w->cfg.listen_port,
+                 saved == EADDRINUSE ? "address already in use" : strerror(saved));
+        return -1;
+    }
+    w->listen_fd = fd;
+    ev_io_init(&w->accept_io, accept_cb, fd, EV_READ);
+    return 0;
+}
+
+int mw__worker_port(const mw_worker_t *w)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(w->listen_fd, (struct sockaddr *)&ss, &sl) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+void mw__worker_start(mw_worker_t *w)
+{
+    ev_io_start(w->loop, &w->accept_io);
+}
+
+void mw__worker_stop(mw_worker_t *w)
+{
+    w->stopping = 1;
+    ev_io_stop(w->loop, &w->accept_io);
+    ev_timer_stop(w->loop, &w->accept_pause);
+    if (w->listen_fd >= 0) {
+        close(w->listen_fd);
+        w->listen_fd = -1;
+    }
+    mw_conn_t *c = w->all_head;
+    while (c) {
+        mw__conn_retain(c);
+        if (c->state == MW_CONN_OPEN) {
+            mw__conn_close(c, MW_WS_CLOSE_GOING_AWAY, "server shutting down", 20);
+            mw__conn_flush(c);
+        }
+        if (c->state != MW_CONN_DEAD)
+            mw__conn_teardown(c, MW_WS_CLOSE_GOING_AWAY, "server shutting down");
+        mw_conn_t *next = c->all_next;
+        mw__conn_release(c);
+        c = next;
+    }
+}
+
+void mw__worker_free(mw_worker_t *w)
+{
+    flush_pass(w->loop, &w->flush_prep, 0);
+    ev_prepare_stop(w->loop, &w->flush_prep);
+    for (int i = 1; i < MW_TL_COUNT; i++)
+        mw__tlist_free(&w->tl[i]);
+    mw__tlist_free(&w->idle);
+    mw__chunk_pool_free(&w->pool);
+    free(w->rbuf);
+    free(w->hdrs);
+}

@@ -1,0 +1,104 @@
+/* A worker: one thread's event loop with its listener, its connections,
+ * its read buffer, its timer lists and the hooks into the app (Lua).
+ *
+ * Everything a connection needs from "the server" hangs off its worker, so
+ * there is no global server struct and several workers can run side by
+ * side, one per thread. */
+#ifndef MW_WORKER_H
+#define MW_WORKER_H
+
+#include <ev.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "http.h"
+#include "outq.h"
+
+typedef struct mw_conn mw_conn_t;
+typedef struct mw_worker mw_worker_t;
+
+/* What the app decided for an upgrade request. */
+typedef struct mw_route {
+    int index;                 /* the app's route number, kept in the connection */
+    uint64_t max_message_size; /* this route's limit */
+} mw_route_t;
+
+/* The app's side (implemented by core/bind). Each event hook returns 1 when
+ * the handler suspended (the connection is then busy, and its further
+ * events wait in its inbox until mw__conn_handler_done), 0 when it finished.
+ * The core holds a reference on the connection during every call. */
+typedef struct mw_app_ops {
+    /* Returns 0 and fills *route to accept, or the HTTP status to refuse with. */
+    int (*route)(void *ud, mw_conn_t *c, const mw_http_request_t *req, mw_route_t *route);
+    int (*on_open)(void *ud, mw_conn_t *c);
+    int (*on_message)(void *ud, mw_conn_t *c, const uint8_t *data, size_t len, int binary);
+    int (*on_close)(void *ud, mw_conn_t *c, int code, const char *reason, size_t rlen);
+} mw_app_ops_t;
+
+/* An activity-ordered list of connections that share one timeout, swept by
+ * one ev_timer armed for the head's deadline (libev manual, "Be smart about
+ * timeouts"): touching a connection is O(1) and needs no timer call. */
+typedef struct mw_tlist {
+    mw_conn_t *head, *tail;
+    double timeout;
+    ev_timer timer;
+    mw_worker_t *w;
+    void (*expire)(mw_conn_t *c); /* called for each connection past its deadline */
+    size_t count;
+} mw_tlist_t;
+
+enum { MW_TL_NONE = 0, MW_TL_HANDSHAKE, MW_TL_ACTIVE, MW_TL_PING, MW_TL_CLOSING, MW_TL_COUNT };
+
+struct mw_worker {
+    struct ev_loop *loop;
+    mw_config_t cfg;
+    int listen_fd;
+    ev_io accept_io;
+    ev_timer accept_pause; /* re-enables accepting after EMFILE */
+    ev_prepare flush_prep; /* flushes corked writes before the loop sleeps */
+
+    const mw_app_ops_t *ops;
+    void *ops_ud;
+
+    mw_http_header_t *hdrs; /* cfg.max_headers slots for the request being parsed */
+    uint8_t *rbuf; /* the one read buffer every connection parses in place */
+    size_t rbuf_cap;
+    mw_chunk_pool_t pool;
+
+    mw_conn_t *flush_head; /* connections with corked writes */
+    mw_conn_t *all_head;   /* every connection, for shutdown */
+    size_t nconns;
+    uint64_t next_id;
+
+    mw_tlist_t tl[MW_TL_COUNT]; /* indexed by MW_TL_* (0 unused) */
+    mw_tlist_t idle;            /* ordered by the last data message received */
+
+    int short_io; /* test mode: one byte per read and write */
+    int stopping;
+};
+
+/* Sets up w on loop with cfg (copied); does not listen yet. */
+void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cfg,
+                     const mw_app_ops_t *ops, void *ud);
+
+/* Binds and listens on cfg's address. Returns 0, or -1 with a message in err. */
+int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen);
+
+/* The port actually bound (after mw__worker_listen). */
+int mw__worker_port(const mw_worker_t *w);
+
+/* Starts accepting; the loop must then be run by the caller. */
+void mw__worker_start(mw_worker_t *w);
+
+/* Stops accepting and drops every connection (each opened one still gets
+ * its on_close, with 1001). */
+void mw__worker_stop(mw_worker_t *w);
+
+/* Frees the worker's resources; every connection must be gone. */
+void mw__worker_free(mw_worker_t *w);
+
+/* Timer-list operations (tlist.c). */
+void mw__tlist_init(mw_tlist_t *l, mw_worker_t *w, double timeout, void (*expire)(mw_conn_t *));
+void mw__tlist_free(mw_tlist_t *l);
+
+#endif
