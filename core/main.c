@@ -20,7 +20,8 @@ static const char usage[] =
     "Serves the app that APP.lua returns (see README.md).\n"
     "\n"
     "options (each overrides the app's own option of the same name):\n"
-    "  --listen HOST:PORT          address to listen on (default 127.0.0.1:8080; port 0 picks one)\n"
+    "  --listen HOST:PORT          address to listen on (default 127.0.0.1:8080; port 0 picks "
+    "one)\n"
     "  --ping-interval SECONDS     heartbeat ping after this much silence (default 30, 0 = off)\n"
     "  --pong-timeout SECONDS      drop a peer silent this long after a ping (default 10)\n"
     "  --idle-timeout SECONDS      close after this long without a message (default 0 = off)\n"
@@ -67,8 +68,20 @@ typedef struct flag {
 } flag_t;
 
 enum {
-    F_LISTEN, F_PING, F_PONG, F_IDLE, F_HANDSHAKE, F_CLOSE, F_MAXMSG, F_MAXHDR, F_MAXHDRS,
-    F_MAXCONN, F_MAXBUF, F_MAXINBOX, F_LOG, F_COUNT
+    F_LISTEN,
+    F_PING,
+    F_PONG,
+    F_IDLE,
+    F_HANDSHAKE,
+    F_CLOSE,
+    F_MAXMSG,
+    F_MAXHDR,
+    F_MAXHDRS,
+    F_MAXCONN,
+    F_MAXBUF,
+    F_MAXINBOX,
+    F_LOG,
+    F_COUNT
 };
 
 static int apply_listen(mw_config_t *cfg, const char *v)
@@ -131,8 +144,7 @@ int main(int argc, char **argv)
         }
         if (a[0] != '-') {
             if (app_path)
-                return fail("more than one app file given ('%s' and '%s'); give one", app_path,
-                            a);
+                return fail("more than one app file given ('%s' and '%s'); give one", app_path, a);
             app_path = a;
             continue;
         }
@@ -167,8 +179,7 @@ int main(int argc, char **argv)
                             name, value);
         } else if (f->kind == 3) {
             if (mw__log_parse_level(value) < 0)
-                return fail("option %s: '%s' is not one of debug, info, warn, error", name,
-                            value);
+                return fail("option %s: '%s' is not one of debug, info, warn, error", name, value);
         }
     }
     if (!app_path)

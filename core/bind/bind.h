@@ -15,14 +15,14 @@ typedef struct mw_co mw_co_t;
  * time; only a call that suspends keeps it away from the pool. */
 struct mw_co {
     lua_State *co;
-    int ref;          /* registry ref that keeps the thread alive */
-    int fresh;        /* the body has not been started yet */
-    int waiting;      /* set by a moonwire call that yields (sleep) */
-    int closing;      /* this call is on_close: finalize the connection after */
-    mw_conn_t *conn;  /* the connection whose handler runs here (retained), or NULL */
-    ev_timer timer;   /* wakes a sleeping call */
+    int ref;         /* registry ref that keeps the thread alive */
+    int fresh;       /* the body has not been started yet */
+    int waiting;     /* set by a moonwire call that yields (sleep) */
+    int closing;     /* this call is on_close: finalize the connection after */
+    mw_conn_t *conn; /* the connection whose handler runs here (retained), or NULL */
+    ev_timer timer;  /* wakes a sleeping call */
     struct mw_lua *S;
-    mw_co_t *next;    /* pool or busy list */
+    mw_co_t *next; /* pool or busy list */
     mw_co_t *prev;
 };
 
@@ -30,14 +30,14 @@ typedef struct mw_lua {
     lua_State *L;
     mw_worker_t *w;
     const char *app_path;
-    int app_ref;    /* the app table returned by the app file */
-    int routes_ref; /* app.routes */
-    int body_ref;   /* the coroutine body (trampoline) */
+    int app_ref;                /* the app table returned by the app file */
+    int routes_ref;             /* app.routes */
+    int body_ref;               /* the coroutine body (trampoline) */
     int force_max_message_size; /* --max-message-size overrides every route */
-    mw_co_t *running; /* the coroutine now running, or NULL */
-    mw_co_t *pool;    /* idle coroutines */
+    mw_co_t *running;           /* the coroutine now running, or NULL */
+    mw_co_t *pool;              /* idle coroutines */
     size_t npool;
-    mw_co_t *busy;    /* suspended coroutines */
+    mw_co_t *busy; /* suspended coroutines */
 } mw_lua_t;
 
 /* Creates the Lua state, loads the app file and keeps the app. Returns 0, or

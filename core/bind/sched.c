@@ -239,14 +239,13 @@ int mw__luaopen_core(lua_State *L)
 }
 
 /* The body every pooled coroutine runs: call, report, park, repeat. */
-static const char body_src[] =
-    "local done, xpcall, traceback, yield = ...\n"
-    "return function(fn, a, b, c)\n"
-    "  while true do\n"
-    "    local ok, err = xpcall(fn, traceback, a, b, c)\n"
-    "    fn, a, b, c = yield(done, ok, err)\n"
-    "  end\n"
-    "end\n";
+static const char body_src[] = "local done, xpcall, traceback, yield = ...\n"
+                               "return function(fn, a, b, c)\n"
+                               "  while true do\n"
+                               "    local ok, err = xpcall(fn, traceback, a, b, c)\n"
+                               "    fn, a, b, c = yield(done, ok, err)\n"
+                               "  end\n"
+                               "end\n";
 
 int mw__sched_init(mw_lua_t *S)
 {

@@ -119,8 +119,7 @@ int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
     }
 
     if (!file_exists(app_path)) {
-        snprintf(err, errlen, "%s: no such app file (give the path of an app .lua file)",
-                 app_path);
+        snprintf(err, errlen, "%s: no such app file (give the path of an app .lua file)", app_path);
         return -1;
     }
     lua_pushcfunction(L, traceback);
@@ -132,8 +131,7 @@ int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
         return -1;
     }
     if (lua_pcall(L, 0, 1, -2) != 0) {
-        snprintf(err, errlen, "%s (while loading the app file %s)", lua_tostring(L, -1),
-                 app_path);
+        snprintf(err, errlen, "%s (while loading the app file %s)", lua_tostring(L, -1), app_path);
         first_line(err);
         return -1;
     }
@@ -167,12 +165,12 @@ void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
         lua_pop(L, 2);
         return;
     }
-#define NUM_OPT(name, field, type)                                                                 \
-    do {                                                                                           \
-        lua_getfield(L, -1, name);                                                                 \
-        if (lua_isnumber(L, -1))                                                                   \
-            cfg->field = (type)lua_tonumber(L, -1);                                                \
-        lua_pop(L, 1);                                                                             \
+#define NUM_OPT(name, field, type)                  \
+    do {                                            \
+        lua_getfield(L, -1, name);                  \
+        if (lua_isnumber(L, -1))                    \
+            cfg->field = (type)lua_tonumber(L, -1); \
+        lua_pop(L, 1);                              \
     } while (0)
     NUM_OPT("ping_interval", ping_interval, double);
     NUM_OPT("pong_timeout", pong_timeout, double);

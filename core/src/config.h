@@ -8,13 +8,13 @@
 #include <stdint.h>
 
 typedef struct mw_config {
-    char listen_host[256]; /* numeric address or host name */
-    int listen_port;       /* 0: let the kernel pick one */
-    double ping_interval;     /* s of silence before a heartbeat ping; 0 = off */
-    double pong_timeout;      /* s to wait for any frame after that ping */
-    double idle_timeout;      /* s without a data message before closing; 0 = off */
-    double handshake_timeout; /* s to complete the HTTP upgrade */
-    double close_timeout;     /* s to wait for the peer's close frame */
+    char listen_host[256];     /* numeric address or host name */
+    int listen_port;           /* 0: let the kernel pick one */
+    double ping_interval;      /* s of silence before a heartbeat ping; 0 = off */
+    double pong_timeout;       /* s to wait for any frame after that ping */
+    double idle_timeout;       /* s without a data message before closing; 0 = off */
+    double handshake_timeout;  /* s to complete the HTTP upgrade */
+    double close_timeout;      /* s to wait for the peer's close frame */
     uint64_t max_message_size; /* bytes per message, default for routes */
     size_t max_header_bytes;   /* bytes of an HTTP request head */
     size_t max_headers;        /* header fields in a request */

@@ -232,6 +232,10 @@ void mw__conn_set_reading(mw_conn_t *c, int on)
     if (c->state == MW_CONN_DEAD || c->paused == !on)
         return;
     c->paused = !on;
+    /* A connection we do not read cannot show us its pongs: no heartbeat
+     * while paused, a fresh one when reading resumes. */
+    if (c->state == MW_CONN_OPEN)
+        mw__tl_move(c, on ? MW_TL_ACTIVE : MW_TL_NONE);
     update_events(c);
 }
 
@@ -330,6 +334,8 @@ void mw__conn_resume_input(mw_conn_t *c)
         }
         free(buf);
     }
+    if (c->state == MW_CONN_OPEN && c->tl_list == MW_TL_NONE && !c->paused)
+        mw__tl_move(c, MW_TL_ACTIVE);
     if (c->state != MW_CONN_DEAD)
         update_events(c);
     mw__conn_release(c);

@@ -18,11 +18,11 @@
 #include "ws_frame.h"
 
 enum mw_conn_state {
-    MW_CONN_HTTP = 0,    /* reading the upgrade request */
-    MW_CONN_OPEN,        /* WebSocket open */
-    MW_CONN_CLOSING,     /* we sent a close frame and wait for the peer's */
-    MW_CONN_FLUSHCLOSE,  /* writing what is queued, then closing the socket */
-    MW_CONN_DEAD,        /* socket closed; waiting for the app to let go */
+    MW_CONN_HTTP = 0,   /* reading the upgrade request */
+    MW_CONN_OPEN,       /* WebSocket open */
+    MW_CONN_CLOSING,    /* we sent a close frame and wait for the peer's */
+    MW_CONN_FLUSHCLOSE, /* writing what is queued, then closing the socket */
+    MW_CONN_DEAD,       /* socket closed; waiting for the app to let go */
 };
 
 /* An event waiting for a busy handler. */
@@ -50,20 +50,20 @@ struct mw_conn {
     ev_io io; /* EV_READ while reading, plus EV_WRITE while the kernel pushes back */
     uint64_t id;
     uint32_t refs;
-    uint8_t state;       /* enum mw_conn_state */
-    uint8_t opened : 1;  /* on_open was delivered or queued: on_close is owed */
+    uint8_t state;                    /* enum mw_conn_state */
+    uint8_t opened : 1;               /* on_open was delivered or queued: on_close is owed */
     uint8_t close_owed_delivered : 1; /* on_close was delivered or queued */
-    uint8_t busy : 1;    /* a handler is suspended; events go to the inbox */
-    uint8_t paused : 1;  /* reading stopped: the inbox is full */
-    uint8_t in_flush : 1; /* on the worker's flush list */
-    uint8_t writing : 1; /* EV_WRITE armed */
+    uint8_t busy : 1;                 /* a handler is suspended; events go to the inbox */
+    uint8_t paused : 1;               /* reading stopped: the inbox is full */
+    uint8_t in_flush : 1;             /* on the worker's flush list */
+    uint8_t writing : 1;              /* EV_WRITE armed */
     uint8_t close_sent : 1;
     uint8_t close_received : 1;
     uint8_t fin_sent : 1; /* our side is shut down; waiting for the peer's EOF */
-    uint8_t tl_list;     /* MW_TL_* list this connection is on */
-    uint8_t in_idle;     /* on the idle list */
-    uint16_t close_code; /* reported to on_close */
-    int route;           /* the app's route index */
+    uint8_t tl_list;      /* MW_TL_* list this connection is on */
+    uint8_t in_idle;      /* on the idle list */
+    uint16_t close_code;  /* reported to on_close */
+    int route;            /* the app's route index */
 
     /* Unparsed input carried over between reads (a partial frame header or
      * control frame, or a partial HTTP head); NULL when empty. */

@@ -13,8 +13,8 @@ void mw__conn_http_error(mw_conn_t *c, int status, const char *extra_headers, co
 {
     char body[256], head[512];
     const char *reason = mw__http_reason(status);
-    int blen = snprintf(body, sizeof body, "%d %s%s%s\n", status, reason, why ? ": " : "",
-                        why ? why : "");
+    int blen =
+        snprintf(body, sizeof body, "%d %s%s%s\n", status, reason, why ? ": " : "", why ? why : "");
     if (blen < 0 || (size_t)blen >= sizeof body)
         blen = (int)strlen(body);
     int hlen = snprintf(head, sizeof head,

@@ -50,18 +50,24 @@ static void record_close(mw_conn_t *c, uint16_t code, const char *reason, size_t
     }
 }
 
+/* A peer this far behind on reading would grow our memory without bound
+ * (also one that sends pings and never reads the pongs): what is queued
+ * stays queued, a close follows it, and close_timeout bounds the wait. */
+static void check_backlog(mw_conn_t *c)
+{
+    if (c->out.bytes <= c->w->cfg.max_buffered || c->state != MW_CONN_OPEN)
+        return;
+    mw_warn("conn %llu: slow consumer: %zu bytes queued (max_buffered %zu); closing with 1008",
+            (unsigned long long)c->id, c->out.bytes, c->w->cfg.max_buffered);
+    mw__conn_close(c, MW_WS_CLOSE_POLICY, "slow consumer", 13);
+}
+
 int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len)
 {
     if (c->state != MW_CONN_OPEN)
         return MW_ECLOSED;
     queue_frame(c, opcode, data, len);
-    if (c->out.bytes > c->w->cfg.max_buffered && opcode != MW_WS_OP_PONG) {
-        /* A consumer this far behind would grow our memory without bound;
-         * the message just queued stays queued, then the close follows. */
-        mw_warn("conn %llu: slow consumer: %zu bytes queued (max_buffered %zu); closing with 1008",
-                (unsigned long long)c->id, c->out.bytes, c->w->cfg.max_buffered);
-        mw__conn_close(c, MW_WS_CLOSE_POLICY, "slow consumer", 13);
-    }
+    check_backlog(c);
     return MW_OK;
 }
 
@@ -172,8 +178,10 @@ static void on_control(mw_conn_t *c, const mw_ws_event_t *ev)
     switch (ev->opcode) {
     case MW_WS_OP_PING:
         /* RFC 6455 5.5.3: answer with a pong carrying the same payload. */
-        if (c->state == MW_CONN_OPEN)
+        if (c->state == MW_CONN_OPEN) {
             queue_frame(c, MW_WS_OP_PONG, ev->data, ev->len);
+            check_backlog(c);
+        }
         return;
     case MW_WS_OP_PONG:
         return; /* liveness was already noted; unsolicited pongs are fine */
@@ -186,8 +194,8 @@ static void on_control(mw_conn_t *c, const mw_ws_event_t *ev)
     int bad = mw__ws_close_check(ev->data, ev->len, &code);
     c->close_received = 1;
     if (bad) {
-        fail(c, (uint16_t)bad, bad == MW_WS_CLOSE_INVALID_DATA ? "close reason is not UTF-8"
-                                                               : "invalid close frame");
+        fail(c, (uint16_t)bad,
+             bad == MW_WS_CLOSE_INVALID_DATA ? "close reason is not UTF-8" : "invalid close frame");
         return;
     }
     if (c->state == MW_CONN_CLOSING) {
@@ -219,8 +227,7 @@ size_t mw__conn_ws_input(mw_conn_t *c, uint8_t *buf, size_t len)
         mw__tl_touch(c);
 
     size_t off = 0;
-    while (off < len && !c->paused &&
-           (c->state == MW_CONN_OPEN || c->state == MW_CONN_CLOSING)) {
+    while (off < len && !c->paused && (c->state == MW_CONN_OPEN || c->state == MW_CONN_CLOSING)) {
         mw_ws_event_t ev;
         ssize_t r = mw__ws_parse(&c->p.ws, buf + off, len - off, &ev);
         if (r < 0) {

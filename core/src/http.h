@@ -19,11 +19,11 @@ typedef struct mw_http_header {
 } mw_http_header_t;
 
 typedef struct mw_http_request {
-    mw_slice_t method;  /* e.g. "GET" */
-    mw_slice_t target;  /* request-target as sent, e.g. "/chat?x=1" */
-    mw_slice_t path;    /* target before '?', not percent-decoded */
-    mw_slice_t query;   /* target after '?', without the '?'; empty if none */
-    int version_minor;  /* 1 for HTTP/1.1, 0 for HTTP/1.0 */
+    mw_slice_t method;         /* e.g. "GET" */
+    mw_slice_t target;         /* request-target as sent, e.g. "/chat?x=1" */
+    mw_slice_t path;           /* target before '?', not percent-decoded */
+    mw_slice_t query;          /* target after '?', without the '?'; empty if none */
+    int version_minor;         /* 1 for HTTP/1.1, 0 for HTTP/1.0 */
     mw_http_header_t *headers; /* caller-provided array ... */
     size_t max_headers;        /* ... of this capacity */
     size_t nheaders;           /* filled on success */
@@ -52,9 +52,8 @@ typedef struct mw_http_parser {
  * HTAB; obsolete line folding is refused; every line ends in CRLF (a bare CR
  * or bare LF is refused). Leading empty lines before the request line are
  * tolerated as RFC 9112 2.2 allows. */
-int mw__http_parse_request(mw_http_parser_t *st, const char *buf, size_t len,
-                           size_t max_head, mw_http_request_t *req, int *status,
-                           const char **why);
+int mw__http_parse_request(mw_http_parser_t *st, const char *buf, size_t len, size_t max_head,
+                           mw_http_request_t *req, int *status, const char **why);
 
 /* Returns the first header named name (case-insensitive), or NULL. */
 const mw_http_header_t *mw__http_header_find(const mw_http_request_t *req, const char *name);

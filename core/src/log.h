@@ -22,10 +22,10 @@ int mw__log_parse_level(const char *name);
 
 void mw__log(int level, const char *fmt, ...) MW_PRINTF(2, 3);
 
-#define mw_debug(...)                                                                         \
-    do {                                                                                      \
-        if (mw__log_level() <= MW_LOG_DEBUG)                                                  \
-            mw__log(MW_LOG_DEBUG, __VA_ARGS__);                                               \
+#define mw_debug(...)                           \
+    do {                                        \
+        if (mw__log_level() <= MW_LOG_DEBUG)    \
+            mw__log(MW_LOG_DEBUG, __VA_ARGS__); \
     } while (0)
 #define mw_info(...)  mw__log(MW_LOG_INFO, __VA_ARGS__)
 #define mw_warn(...)  mw__log(MW_LOG_WARN, __VA_ARGS__)

@@ -123,8 +123,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             return;
         }
         if (w->nconns >= w->cfg.max_connections) {
-            mw_warn("refusing a connection: max_connections (%zu) reached",
-                    w->cfg.max_connections);
+            mw_warn("refusing a connection: max_connections (%zu) reached", w->cfg.max_connections);
             refuse_busy(fd);
             continue;
         }
@@ -184,8 +183,8 @@ int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen)
     hints.ai_flags = AI_PASSIVE;
     int rc = getaddrinfo(w->cfg.listen_host, port, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", w->cfg.listen_host,
-                 w->cfg.listen_port, gai_strerror(rc));
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", w->cfg.listen_host, w->cfg.listen_port,
+                 gai_strerror(rc));
         return -1;
     }
     int fd = -1, saved = 0;
@@ -205,8 +204,7 @@ int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen)
     }
     freeaddrinfo(res);
     if (fd < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", w->cfg.listen_host,
-                 w->cfg.listen_port,
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", w->cfg.listen_host, w->cfg.listen_port,
                  saved == EADDRINUSE ? "address already in use" : strerror(saved));
         return -1;
     }

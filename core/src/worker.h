@@ -61,7 +61,7 @@ struct mw_worker {
     void *ops_ud;
 
     mw_http_header_t *hdrs; /* cfg.max_headers slots for the request being parsed */
-    uint8_t *rbuf; /* the one read buffer every connection parses in place */
+    uint8_t *rbuf;          /* the one read buffer every connection parses in place */
     size_t rbuf_cap;
     mw_chunk_pool_t pool;
 

@@ -29,8 +29,8 @@ enum {
     MW_WS_CLOSE_GOING_AWAY = 1001,
     MW_WS_CLOSE_PROTOCOL = 1002,
     MW_WS_CLOSE_UNSUPPORTED = 1003,
-    MW_WS_CLOSE_NO_STATUS = 1005,   /* never sent; reported when a close had no code */
-    MW_WS_CLOSE_ABNORMAL = 1006,    /* never sent; reported after an abrupt drop */
+    MW_WS_CLOSE_NO_STATUS = 1005, /* never sent; reported when a close had no code */
+    MW_WS_CLOSE_ABNORMAL = 1006,  /* never sent; reported after an abrupt drop */
     MW_WS_CLOSE_INVALID_DATA = 1007,
     MW_WS_CLOSE_POLICY = 1008,
     MW_WS_CLOSE_TOO_BIG = 1009,
@@ -51,15 +51,15 @@ typedef struct mw_ws_parser {
     uint8_t rsv1_allowed;      /* 1 when an extension (permessage-deflate) gave RSV1 a
                                   meaning: allowed on the first frame of a data message */
     /* state */
-    uint64_t remaining; /* payload bytes left in the current data frame */
-    uint64_t msg_len;   /* payload bytes of the current message so far */
-    uint32_t utf8;      /* UTF-8 state of the current text message */
-    uint8_t mask[4];    /* masking key of the current data frame */
-    uint8_t mask_off;   /* position in mask of the next payload byte (0..3) */
-    uint8_t in_frame;   /* 1 while inside a data frame's payload */
-    uint8_t frame_fin;  /* FIN bit of the current data frame */
-    uint8_t msg_opcode; /* TEXT or BINARY while a message is in progress, else 0 */
-    uint8_t msg_rsv1;   /* RSV1 of the first frame of the message in progress */
+    uint64_t remaining;  /* payload bytes left in the current data frame */
+    uint64_t msg_len;    /* payload bytes of the current message so far */
+    uint32_t utf8;       /* UTF-8 state of the current text message */
+    uint8_t mask[4];     /* masking key of the current data frame */
+    uint8_t mask_off;    /* position in mask of the next payload byte (0..3) */
+    uint8_t in_frame;    /* 1 while inside a data frame's payload */
+    uint8_t frame_fin;   /* FIN bit of the current data frame */
+    uint8_t msg_opcode;  /* TEXT or BINARY while a message is in progress, else 0 */
+    uint8_t msg_rsv1;    /* RSV1 of the first frame of the message in progress */
     uint8_t msg_started; /* 1 once the first chunk of the current message was emitted */
 } mw_ws_parser_t;
 
@@ -70,13 +70,13 @@ enum {
 };
 
 typedef struct mw_ws_event {
-    int type;        /* MW_WS_EV_* */
-    uint8_t opcode;  /* DATA: TEXT or BINARY of the message; CONTROL: CLOSE, PING or PONG */
-    uint8_t first;   /* DATA: this is the first chunk of the message */
-    uint8_t last;    /* DATA: this chunk completes the message */
-    uint8_t rsv1;    /* DATA: RSV1 of the message's first frame (compressed) */
-    uint8_t *data;   /* payload, unmasked in place; points into the caller's buffer */
-    size_t len;      /* payload length (may be 0) */
+    int type;       /* MW_WS_EV_* */
+    uint8_t opcode; /* DATA: TEXT or BINARY of the message; CONTROL: CLOSE, PING or PONG */
+    uint8_t first;  /* DATA: this is the first chunk of the message */
+    uint8_t last;   /* DATA: this chunk completes the message */
+    uint8_t rsv1;   /* DATA: RSV1 of the message's first frame (compressed) */
+    uint8_t *data;  /* payload, unmasked in place; points into the caller's buffer */
+    size_t len;     /* payload length (may be 0) */
     /* on error (negative return): */
     uint16_t close_code; /* the close code to send: 1002, 1007 or 1009 */
     const char *error;   /* static text naming the rule that was broken */
@@ -111,8 +111,7 @@ int mw__ws_close_code_valid(unsigned code);
 
 /* Writes an unmasked (server-to-client) frame header for a payload of len
  * bytes into out. Returns the header length (2, 4 or 10). */
-size_t mw__ws_header(uint8_t out[MW_WS_MAX_HEADER], int fin, int rsv1, int opcode,
-                     uint64_t len);
+size_t mw__ws_header(uint8_t out[MW_WS_MAX_HEADER], int fin, int rsv1, int opcode, uint64_t len);
 
 /* Writes a masked (client-to-server) frame header with the given key.
  * Returns the header length (6, 8 or 14). The payload must be masked
