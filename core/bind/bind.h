@@ -11,6 +11,8 @@
 
 typedef struct mw_co mw_co_t;
 
+enum { MW_CO_HANDLER = 0, MW_CO_CLOSE, MW_CO_UPGRADE };
+
 /* A pooled coroutine (DESIGN.md principle 6). It runs one handler call at a
  * time; only a call that suspends keeps it away from the pool. */
 struct mw_co {
@@ -18,7 +20,7 @@ struct mw_co {
     int ref;         /* registry ref that keeps the thread alive */
     int fresh;       /* the body has not been started yet */
     int waiting;     /* set by a moonwire call that yields (sleep) */
-    int closing;     /* this call is on_close: finalize the connection after */
+    int kind;        /* MW_CO_HANDLER, MW_CO_CLOSE (finalize after), MW_CO_UPGRADE */
     mw_conn_t *conn; /* the connection whose handler runs here (retained), or NULL */
     ev_timer timer;  /* wakes a sleeping call */
     struct mw_lua *S;
@@ -37,7 +39,10 @@ typedef struct mw_lua {
     mw_co_t *running;           /* the coroutine now running, or NULL */
     mw_co_t *pool;              /* idle coroutines */
     size_t npool;
-    mw_co_t *busy; /* suspended coroutines */
+    mw_co_t *busy;      /* suspended coroutines */
+    mw_route_t *routes; /* the core's copy of the routes' limits (w->routes) */
+    size_t nroutes;
+    struct mw_timer *timers; /* every armed timer */
 } mw_lua_t;
 
 /* Creates the Lua state, loads the app file and keeps the app. Returns 0, or
@@ -57,10 +62,32 @@ extern const mw_app_ops_t mw__lua_ops;
 void mw__lua_close(mw_lua_t *S);
 
 /* --- internals shared by the files of core/bind --- */
-int mw__lua_run(mw_lua_t *S, mw_conn_t *c, int nargs, int closing);
+/* Runs the function under nargs (<= 3) arguments on S->L in a pooled
+ * coroutine for connection c (or NULL); kind is MW_CO_*. Returns 1 if the
+ * call suspended, 0 if it ended. */
+int mw__lua_run(mw_lua_t *S, mw_conn_t *c, int nargs, int kind);
 void mw__ws_push(mw_lua_t *S, mw_conn_t *c);
 void mw__ws_finalize(mw_lua_t *S, mw_conn_t *c);
 void mw__ws_register(lua_State *L);
+/* Returns the connection of the ws at idx (NULL once finished); raises if
+ * the value is not a ws. */
+mw_conn_t *mw__ws_check(lua_State *L, int idx);
+/* Sets ws.params of c to the value at idx. */
+void mw__ws_set_params(mw_lua_t *S, mw_conn_t *c, int idx);
+/* Pushes a table of the request's headers (lowercase names) / decoded query. */
+void mw__lua_push_headers(lua_State *L, const mw_http_request_t *req);
+void mw__lua_push_query(lua_State *L, mw_slice_t query);
+/* Pushes the app's route table number index (0-based). */
+void mw__lua_push_route(mw_lua_t *S, int index);
+/* Builds w->routes from the app's route tables. */
+void mw__lua_build_routes(mw_lua_t *S);
+/* moonwire.core functions of routes.c and timer.c. */
+void mw__routes_register(lua_State *L, mw_lua_t *S);
+void mw__timer_register(lua_State *L, mw_lua_t *S);
+void mw__timer_start_pending(mw_lua_t *S);
+void mw__timer_close(mw_lua_t *S);
+void mw__route_upgrade(void *ud, mw_conn_t *c, const mw_http_request_t *req);
+void mw__route_http(void *ud, mw_conn_t *c, const mw_http_request_t *req);
 int mw__luaopen_core(lua_State *L);
 int mw__sched_init(mw_lua_t *S);
 void mw__sched_close(mw_lua_t *S);

@@ -57,23 +57,27 @@ static void co_destroy(mw_lua_t *S, mw_co_t *k)
  * connection with 1011 (DESIGN.md principle 8). */
 static void handler_error(mw_lua_t *S, mw_co_t *k, const char *msg)
 {
+    static const char *const kinds[] = {"handler", "on_close", "upgrade hook"};
     mw_conn_t *c = k->conn;
+    if (!msg)
+        msg = "(error is not a string)";
     if (c)
-        mw_error("handler error (connection %llu, %s): %s", (unsigned long long)c->id,
-                 k->closing ? "on_close" : "route handler", msg ? msg : "(error is not a string)");
+        mw_error("%s error (connection %llu): %s", kinds[k->kind], (unsigned long long)c->id, msg);
     else
-        mw_error("handler error: %s", msg ? msg : "(error is not a string)");
+        mw_error("timer error: %s", msg);
     if (c && c->state == MW_CONN_OPEN)
         mw__conn_close(c, MW_WS_CLOSE_INTERNAL, "internal error", 14);
+    else if (c && c->state == MW_CONN_UPGRADING)
+        mw__conn_http_error(c, 500, NULL, "the upgrade hook failed");
 }
 
 /* The call on k ended (finished or failed): give k back or drop it. */
 static void co_finish(mw_lua_t *S, mw_co_t *k, int reusable)
 {
     mw_conn_t *c = k->conn;
-    int closing = k->closing;
+    int kind = k->kind;
     k->conn = NULL;
-    k->closing = 0;
+    k->kind = MW_CO_HANDLER;
     if (reusable && S->npool < MW_CO_POOL_MAX) {
         lua_settop(k->co, 0);
         k->next = S->pool;
@@ -83,7 +87,9 @@ static void co_finish(mw_lua_t *S, mw_co_t *k, int reusable)
         co_destroy(S, k);
     }
     if (c) {
-        if (closing)
+        /* After on_close, or after an upgrade that did not open the
+         * connection (refused, timed out), nothing will use its ws again. */
+        if (kind == MW_CO_CLOSE || (kind == MW_CO_UPGRADE && !c->opened))
             mw__ws_finalize(S, c);
         mw__conn_release(c);
     }
@@ -128,7 +134,7 @@ static int co_resume(mw_lua_t *S, mw_co_t *k, int nargs)
     return 0;
 }
 
-int mw__lua_run(mw_lua_t *S, mw_conn_t *c, int nargs, int closing)
+int mw__lua_run(mw_lua_t *S, mw_conn_t *c, int nargs, int kind)
 {
     /* S->L holds the handler and nargs (<= 3) arguments. */
     mw_co_t *k = co_get(S);
@@ -143,7 +149,7 @@ int mw__lua_run(mw_lua_t *S, mw_conn_t *c, int nargs, int closing)
     for (int i = nargs; i < 3; i++)
         lua_pushnil(co);
     k->conn = c;
-    k->closing = closing;
+    k->kind = kind;
     if (c)
         mw__conn_retain(c);
     /* A fresh coroutine starts the body with (fn, a, b, c); a pooled one is
@@ -235,6 +241,8 @@ int mw__luaopen_core(lua_State *L)
     lua_setfield(L, -2, "ERROR");
     lua_pushstring(L, MW_VERSION_STRING);
     lua_setfield(L, -2, "version");
+    mw__routes_register(L, S);
+    mw__timer_register(L, S);
     return 1;
 }
 

@@ -200,12 +200,15 @@ void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
 void mw__lua_attach(mw_lua_t *S, mw_worker_t *w)
 {
     S->w = w;
+    mw__lua_build_routes(S);
+    mw__timer_start_pending(S);
 }
 
 void mw__lua_close(mw_lua_t *S)
 {
     if (!S->L)
         return;
+    mw__timer_close(S);
     mw__sched_close(S);
     /* Connections the app still holds (finished ones whose on_close never
      * got to run, at shutdown) are let go here. */
@@ -222,51 +225,25 @@ void mw__lua_close(mw_lua_t *S)
     }
     lua_close(S->L);
     S->L = NULL;
+    free(S->routes);
+    S->routes = NULL;
 }
 
 /* --- hooks for the core ----------------------------------------------------- */
 
-/* Pushes the route table of c's route. */
-static void push_route(mw_lua_t *S, int index)
+/* Pushes the route table of route `index` (0-based, as in w->routes). */
+void mw__lua_push_route(mw_lua_t *S, int index)
 {
     lua_rawgeti(S->L, LUA_REGISTRYINDEX, S->routes_ref);
-    lua_rawgeti(S->L, -1, index);
+    lua_rawgeti(S->L, -1, index + 1);
     lua_remove(S->L, -2);
-}
-
-static int op_route(void *ud, mw_conn_t *c, const mw_http_request_t *req, mw_route_t *route)
-{
-    (void)c;
-    mw_lua_t *S = ud;
-    lua_State *L = S->L;
-    int top = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, S->app_ref);
-    lua_getfield(L, -1, "_match");
-    lua_insert(L, -2);
-    lua_pushlstring(L, req->path.p, req->path.n);
-    if (lua_pcall(L, 2, 1, 0) != 0) {
-        mw_error("route lookup failed: %s", lua_tostring(L, -1));
-        lua_settop(L, top);
-        return 500;
-    }
-    if (!lua_isnumber(L, -1)) {
-        lua_settop(L, top);
-        return 404;
-    }
-    route->index = (int)lua_tointeger(L, -1);
-    push_route(S, route->index);
-    lua_getfield(L, -1, "max_message_size");
-    if (lua_isnumber(L, -1) && !S->force_max_message_size)
-        route->max_message_size = (uint64_t)lua_tonumber(L, -1);
-    lua_settop(L, top);
-    return 0;
 }
 
 /* Pushes handler `name` of c's route; returns 0 (nothing pushed) if none. */
 static int push_handler(mw_lua_t *S, mw_conn_t *c, const char *name)
 {
     lua_State *L = S->L;
-    push_route(S, c->route);
+    mw__lua_push_route(S, c->route);
     lua_getfield(L, -1, name);
     lua_remove(L, -2);
     if (lua_isnil(L, -1)) {
@@ -282,7 +259,7 @@ static int op_on_open(void *ud, mw_conn_t *c)
     if (!push_handler(S, c, "on_open"))
         return 0;
     mw__ws_push(S, c);
-    return mw__lua_run(S, c, 1, 0);
+    return mw__lua_run(S, c, 1, MW_CO_HANDLER);
 }
 
 static int op_on_message(void *ud, mw_conn_t *c, const uint8_t *data, size_t len, int binary)
@@ -293,7 +270,7 @@ static int op_on_message(void *ud, mw_conn_t *c, const uint8_t *data, size_t len
     mw__ws_push(S, c);
     lua_pushlstring(S->L, (const char *)data, len);
     lua_pushboolean(S->L, binary);
-    return mw__lua_run(S, c, 3, 0);
+    return mw__lua_run(S, c, 3, MW_CO_HANDLER);
 }
 
 static int op_on_close(void *ud, mw_conn_t *c, int code, const char *reason, size_t rlen)
@@ -306,7 +283,17 @@ static int op_on_close(void *ud, mw_conn_t *c, int code, const char *reason, siz
     mw__ws_push(S, c);
     lua_pushinteger(S->L, code);
     lua_pushlstring(S->L, reason, rlen);
-    return mw__lua_run(S, c, 3, 1);
+    return mw__lua_run(S, c, 3, MW_CO_CLOSE);
 }
 
-const mw_app_ops_t mw__lua_ops = {op_route, op_on_open, op_on_message, op_on_close};
+static int op_on_drain(void *ud, mw_conn_t *c)
+{
+    mw_lua_t *S = ud;
+    if (!push_handler(S, c, "on_drain"))
+        return 0;
+    mw__ws_push(S, c);
+    return mw__lua_run(S, c, 1, MW_CO_HANDLER);
+}
+
+const mw_app_ops_t mw__lua_ops = {mw__route_upgrade, mw__route_http, op_on_open,
+                                  op_on_message,     op_on_drain,    op_on_close};

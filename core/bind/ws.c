@@ -11,6 +11,7 @@
 
 #include "bind.h"
 #include "http.h"
+#include "pubsub.h"
 
 #define WS_MT "moonwire.ws"
 
@@ -20,6 +21,7 @@ typedef struct ws_box {
     int data_ref;    /* ws.data, made on first use */
     int headers_ref; /* ws.headers, made on first use */
     int query_ref;   /* ws.query, made on first use */
+    int params_ref;  /* ws.params, set by the router */
 } ws_box_t;
 
 void mw__ws_push(mw_lua_t *S, mw_conn_t *c)
@@ -32,7 +34,7 @@ void mw__ws_push(mw_lua_t *S, mw_conn_t *c)
     ws_box_t *b = lua_newuserdata(L, sizeof *b);
     b->c = c;
     b->id = c->id;
-    b->data_ref = b->headers_ref = b->query_ref = LUA_NOREF;
+    b->data_ref = b->headers_ref = b->query_ref = b->params_ref = LUA_NOREF;
     luaL_getmetatable(L, WS_MT);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
@@ -45,7 +47,8 @@ static void box_unref(lua_State *L, ws_box_t *b)
     luaL_unref(L, LUA_REGISTRYINDEX, b->data_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, b->headers_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, b->query_ref);
-    b->data_ref = b->headers_ref = b->query_ref = LUA_NOREF;
+    luaL_unref(L, LUA_REGISTRYINDEX, b->params_ref);
+    b->data_ref = b->headers_ref = b->query_ref = b->params_ref = LUA_NOREF;
 }
 
 void mw__ws_finalize(mw_lua_t *S, mw_conn_t *c)
@@ -122,6 +125,31 @@ static int ws_ping(lua_State *L)
     return 1;
 }
 
+/* ws:subscribe(topic) -> true (newly) | false (already) | nil, "closed" */
+static int ws_subscribe(lua_State *L)
+{
+    ws_box_t *b = check_box(L);
+    size_t len;
+    const char *topic = luaL_checklstring(L, 2, &len);
+    if (!b->c || !mw__conn_can_send(b->c)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    lua_pushboolean(L, mw__pubsub_subscribe(b->c->w->pubsub, b->c, topic, len));
+    return 1;
+}
+
+/* ws:unsubscribe(topic) -> true (was subscribed) | false */
+static int ws_unsubscribe(lua_State *L)
+{
+    ws_box_t *b = check_box(L);
+    size_t len;
+    const char *topic = luaL_checklstring(L, 2, &len);
+    lua_pushboolean(L, b->c && mw__pubsub_unsubscribe(b->c->w->pubsub, b->c, topic, len));
+    return 1;
+}
+
 static int hexval(int ch)
 {
     if (ch >= '0' && ch <= '9')
@@ -169,15 +197,11 @@ static void push_cached(lua_State *L, int ref)
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
 }
 
-static int build_headers(lua_State *L, mw_conn_t *c)
+void mw__lua_push_headers(lua_State *L, const mw_http_request_t *req)
 {
-    mw_http_request_t req;
-    size_t max = c->w->cfg.max_headers;
-    if (!parse_head(c, &req, c->w->hdrs, max))
-        return 0;
-    lua_createtable(L, 0, (int)req.nheaders);
-    for (size_t i = 0; i < req.nheaders; i++) {
-        const mw_http_header_t *h = &req.headers[i];
+    lua_createtable(L, 0, (int)req->nheaders);
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const mw_http_header_t *h = &req->headers[i];
         char name[256];
         size_t n = h->name.n < sizeof name ? h->name.n : sizeof name - 1;
         for (size_t j = 0; j < n; j++) {
@@ -198,16 +222,12 @@ static int build_headers(lua_State *L, mw_conn_t *c)
         }
         lua_rawset(L, -3);
     }
-    return 1;
 }
 
-static int build_query(lua_State *L, mw_conn_t *c)
+void mw__lua_push_query(lua_State *L, mw_slice_t query)
 {
-    mw_http_request_t req;
-    if (!parse_head(c, &req, c->w->hdrs, c->w->cfg.max_headers))
-        return 0;
     lua_newtable(L);
-    const char *p = req.query.p, *end = req.query.p + req.query.n;
+    const char *p = query.p, *end = query.p + query.n;
     while (p < end) {
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *e = amp ? amp : end;
@@ -222,7 +242,24 @@ static int build_query(lua_State *L, mw_conn_t *c)
         }
         p = amp ? amp + 1 : end;
     }
-    return 1;
+}
+
+void mw__ws_set_params(mw_lua_t *S, mw_conn_t *c, int idx)
+{
+    lua_State *L = S->L;
+    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+    mw__ws_push(S, c);
+    ws_box_t *b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, b->params_ref);
+    lua_pushvalue(L, idx);
+    b->params_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+mw_conn_t *mw__ws_check(lua_State *L, int idx)
+{
+    ws_box_t *b = luaL_checkudata(L, idx, WS_MT);
+    return b->c;
 }
 
 static int ws_index(lua_State *L)
@@ -279,10 +316,15 @@ static int ws_index(lua_State *L)
     if (strcmp(k, "headers") == 0 || strcmp(k, "query") == 0) {
         int *ref = k[0] == 'h' ? &b->headers_ref : &b->query_ref;
         if (*ref == LUA_NOREF) {
-            if (!(k[0] == 'h' ? build_headers(L, c) : build_query(L, c))) {
+            mw_http_request_t req;
+            if (!parse_head(c, &req, c->w->hdrs, c->w->cfg.max_headers)) {
                 lua_pushnil(L);
                 return 1;
             }
+            if (k[0] == 'h')
+                mw__lua_push_headers(L, &req);
+            else
+                mw__lua_push_query(L, req.query);
             lua_pushvalue(L, -1);
             *ref = luaL_ref(L, LUA_REGISTRYINDEX);
             return 1;
@@ -290,8 +332,26 @@ static int ws_index(lua_State *L)
         push_cached(L, *ref);
         return 1;
     }
+    if (strcmp(k, "params") == 0) {
+        if (b->params_ref == LUA_NOREF) {
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            b->params_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            return 1;
+        }
+        push_cached(L, b->params_ref);
+        return 1;
+    }
     if (strcmp(k, "closed") == 0) {
         lua_pushboolean(L, !mw__conn_can_send(c));
+        return 1;
+    }
+    if (strcmp(k, "buffered") == 0) {
+        lua_pushnumber(L, (lua_Number)c->out.bytes);
+        return 1;
+    }
+    if (strcmp(k, "dropped") == 0) {
+        lua_pushnumber(L, (lua_Number)c->dropped);
         return 1;
     }
     lua_pushnil(L);
@@ -326,8 +386,12 @@ static int ws_gc(lua_State *L)
 
 void mw__ws_register(lua_State *L)
 {
-    static const luaL_Reg methods[] = {
-        {"send", ws_send}, {"close", ws_close}, {"ping", ws_ping}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"send", ws_send},
+                                       {"close", ws_close},
+                                       {"ping", ws_ping},
+                                       {"subscribe", ws_subscribe},
+                                       {"unsubscribe", ws_unsubscribe},
+                                       {NULL, NULL}};
     luaL_newmetatable(L, WS_MT);
     lua_newtable(L);
     luaL_register(L, NULL, methods);

@@ -11,6 +11,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "pubsub.h"
 
 /* --- plain TCP transport ------------------------------------------------ */
 
@@ -112,6 +113,7 @@ void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason)
     close(c->io.fd);
     mw__tl_move(c, MW_TL_NONE);
     mw__idle_remove(c);
+    mw__pubsub_leave_all(w->pubsub, c); /* subscriptions end with the connection */
     mw__outq_clear(&w->pool, &c->out);
     free(c->in);
     c->in = NULL;
@@ -201,6 +203,8 @@ void mw__conn_flush(mw_conn_t *c)
             return;
         }
         mw__outq_consume(&w->pool, &c->out, (size_t)k);
+        if (c->above_low && c->out.bytes < w->routes[c->route].low_water_mark)
+            mw__conn_drained(c);
         if (w->short_io && c->out.bytes > 0) {
             /* Let the loop turn between single bytes, as a congested socket would. */
             if (!c->writing) {
@@ -249,6 +253,8 @@ size_t mw__conn_process(mw_conn_t *c, uint8_t *buf, size_t len)
     case MW_CONN_OPEN:
     case MW_CONN_CLOSING:
         return mw__conn_ws_input(c, buf, len);
+    case MW_CONN_UPGRADING:
+        return 0; /* held until the app decides */
     default:
         return len; /* nothing more is read once we are closing the socket */
     }
@@ -258,19 +264,13 @@ size_t mw__conn_process(mw_conn_t *c, uint8_t *buf, size_t len)
 static void keep_rest(mw_conn_t *c, const uint8_t *buf, size_t off, size_t len)
 {
     size_t rest = len - off;
-    if (rest == 0 || c->state == MW_CONN_DEAD) {
-        free(c->in);
-        c->in = NULL;
-        c->in_len = 0;
+    if (rest == 0 || c->state == MW_CONN_DEAD)
         return;
-    }
-    if (buf == c->in) {
-        memmove(c->in, c->in + off, rest);
-    } else {
-        c->in = mw__xrealloc(c->in, rest);
-        memcpy(c->in, buf + off, rest);
-    }
-    c->in_len = (uint32_t)rest;
+    /* Processing may itself have stashed input (a pending upgrade); what
+     * is left here comes after it. */
+    c->in = mw__xrealloc(c->in, c->in_len + rest);
+    memcpy(c->in + c->in_len, buf + off, rest);
+    c->in_len += (uint32_t)rest;
 }
 
 static void on_readable(mw_conn_t *c)
@@ -295,6 +295,9 @@ static void on_readable(mw_conn_t *c)
         mw__conn_teardown(c, MW_WS_CLOSE_ABNORMAL, NULL);
         return;
     }
+    free(c->in);
+    c->in = NULL;
+    c->in_len = 0;
     have += (size_t)n;
     size_t used = mw__conn_process(c, w->rbuf, have);
     keep_rest(c, w->rbuf, used, have);
@@ -319,19 +322,14 @@ void mw__conn_resume_input(mw_conn_t *c)
     mw__conn_retain(c);
     c->paused = 0;
     if (c->in_len) {
-        /* Parse from a private copy: the parser unmasks in place and
-         * delivery may carry the rest over into c->in again. */
-        size_t len = c->in_len;
+        /* Parse from the carry-over itself: the parser unmasks in place and
+         * what it leaves is carried over again. */
         uint8_t *buf = c->in;
+        size_t len = c->in_len;
         c->in = NULL;
         c->in_len = 0;
         size_t used = mw__conn_process(c, buf, len);
-        if (c->state != MW_CONN_DEAD && used < len) {
-            free(c->in);
-            c->in = mw__xmalloc(len - used);
-            memcpy(c->in, buf + used, len - used);
-            c->in_len = (uint32_t)(len - used);
-        }
+        keep_rest(c, buf, used, len);
         free(buf);
     }
     if (c->state == MW_CONN_OPEN && c->tl_list == MW_TL_NONE && !c->paused)

@@ -14,11 +14,13 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "pubsub.h"
 #include "worker.h"
 #include "ws_frame.h"
 
 enum mw_conn_state {
     MW_CONN_HTTP = 0,   /* reading the upgrade request */
+    MW_CONN_UPGRADING,  /* the app is deciding on the upgrade (reading paused) */
     MW_CONN_OPEN,       /* WebSocket open */
     MW_CONN_CLOSING,    /* we sent a close frame and wait for the peer's */
     MW_CONN_FLUSHCLOSE, /* writing what is queued, then closing the socket */
@@ -35,7 +37,7 @@ typedef struct mw_inbox_ev {
     uint8_t data[];
 } mw_inbox_ev_t;
 
-enum { MW_INBOX_OPEN = 1, MW_INBOX_MESSAGE, MW_INBOX_CLOSE };
+enum { MW_INBOX_MESSAGE = 1, MW_INBOX_DRAIN, MW_INBOX_CLOSE };
 
 /* Byte transport under the WebSocket layer (plain TCP now, TLS later).
  * read/writev return bytes moved, 0 for EOF on read, or -1 with errno. */
@@ -59,11 +61,14 @@ struct mw_conn {
     uint8_t writing : 1;              /* EV_WRITE armed */
     uint8_t close_sent : 1;
     uint8_t close_received : 1;
-    uint8_t fin_sent : 1; /* our side is shut down; waiting for the peer's EOF */
-    uint8_t tl_list;      /* MW_TL_* list this connection is on */
-    uint8_t in_idle;      /* on the idle list */
-    uint16_t close_code;  /* reported to on_close */
-    int route;            /* the app's route index */
+    uint8_t fin_sent : 1;  /* our side is shut down; waiting for the peer's EOF */
+    uint8_t above_low : 1; /* the queue went above the route's low-water mark */
+    uint8_t tl_list;       /* MW_TL_* list this connection is on */
+    uint8_t in_idle;       /* on the idle list */
+    uint16_t close_code;   /* reported to on_close */
+    int route;             /* the app's route index */
+    uint32_t dropped;      /* sends skipped by the "drop" slow-consumer policy */
+    struct mw_sub *subs;   /* this connection's topic subscriptions */
 
     /* Unparsed input carried over between reads (a partial frame header or
      * control frame, or a partial HTTP head); NULL when empty. */
@@ -128,19 +133,42 @@ size_t mw__conn_process(mw_conn_t *c, uint8_t *buf, size_t len);
 
 /* --- HTTP upgrade (conn_http.c) --- */
 size_t mw__conn_http_input(mw_conn_t *c, uint8_t *buf, size_t len);
-/* Writes a complete error response and closes after flushing it. */
+/* Writes a complete error response and closes after flushing it. The body
+ * is "STATUS REASON: why" (or without ": why" when why is NULL). Extra
+ * header lines are "Name: value\r\n"... or NULL. No-op unless c is still in
+ * its HTTP phase. */
 void mw__conn_http_error(mw_conn_t *c, int status, const char *extra_headers, const char *why);
+/* The same with a body of the caller's (copied). */
+void mw__conn_http_refuse(mw_conn_t *c, int status, const char *extra_headers, const char *body,
+                          size_t blen);
 
 /* --- WebSocket (conn_ws.c) --- */
 size_t mw__conn_ws_input(mw_conn_t *c, uint8_t *buf, size_t len);
 
-/* Queues one frame. Returns MW_OK, or MW_ECLOSED when c no longer sends
- * (closing, closed). Copies data. Never calls into the app. */
+/* Queues one frame. Returns MW_OK; MW_ECLOSED when c no longer sends
+ * (closing, closed); MW_EAGAIN when the route's "drop" policy skipped it
+ * because the queue is full. Copies data. Never calls into the app. */
 int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len);
+/* The same for a frame already encoded as hdr + data (copied). */
+int mw__conn_send_encoded(mw_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
+                          size_t len);
+/* The same for an encoded frame shared by reference (retained). */
+int mw__conn_send_shared(mw_conn_t *c, mw_rbuf_t *frame);
+
+/* Accepts a pending upgrade (MW_CONN_UPGRADING) on route: queues the 101
+ * response with the chosen subprotocol (or NULL) and extra header lines
+ * ("Name: value\r\n"..., or NULL), opens the WebSocket, runs on_open, and
+ * goes on with any frames that came with the request. Returns MW_OK, or
+ * MW_ECLOSED if c is no longer waiting for a decision. */
+int mw__conn_upgrade_accept(mw_conn_t *c, int route, const char *protocol,
+                            const char *extra_headers);
 
 /* Starts the close handshake with code and reason (reason <= 123 bytes,
  * truncated otherwise); code 0 sends an empty close. No-op when closing. */
 void mw__conn_close(mw_conn_t *c, uint16_t code, const char *reason, size_t rlen);
+
+/* The write queue fell below the route's low-water mark: on_drain is due. */
+void mw__conn_drained(mw_conn_t *c);
 
 /* Called by the app when a suspended handler of c finished: delivers the
  * events that waited in the inbox, in order, until one suspends again. */

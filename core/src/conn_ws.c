@@ -55,20 +55,70 @@ static void record_close(mw_conn_t *c, uint16_t code, const char *reason, size_t
  * stays queued, a close follows it, and close_timeout bounds the wait. */
 static void check_backlog(mw_conn_t *c)
 {
-    if (c->out.bytes <= c->w->cfg.max_buffered || c->state != MW_CONN_OPEN)
+    size_t max = c->w->routes[c->route].max_buffered;
+    if (c->out.bytes <= max || c->state != MW_CONN_OPEN)
         return;
     mw_warn("conn %llu: slow consumer: %zu bytes queued (max_buffered %zu); closing with 1008",
-            (unsigned long long)c->id, c->out.bytes, c->w->cfg.max_buffered);
+            (unsigned long long)c->id, c->out.bytes, max);
     mw__conn_close(c, MW_WS_CLOSE_POLICY, "slow consumer", 13);
+}
+
+/* The route's slow-consumer policy, before a frame of n bytes is queued:
+ * returns MW_OK to queue it, MW_EAGAIN when "drop" skips it. */
+static int admit(mw_conn_t *c, size_t n)
+{
+    const mw_route_t *r = &c->w->routes[c->route];
+    if (r->drop && c->out.bytes + n > r->max_buffered) {
+        c->dropped++;
+        return MW_EAGAIN;
+    }
+    return MW_OK;
+}
+
+/* After queueing: note crossing the low-water mark (for on_drain), apply
+ * the "close" policy, and mark the connection for the flush pass. */
+static void queued(mw_conn_t *c)
+{
+    if (c->out.bytes >= c->w->routes[c->route].low_water_mark)
+        c->above_low = 1;
+    check_backlog(c);
+    mw__conn_want_flush(c);
+}
+
+int mw__conn_send_encoded(mw_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
+                          size_t len)
+{
+    if (c->state != MW_CONN_OPEN)
+        return MW_ECLOSED;
+    if (admit(c, hlen + len) != MW_OK)
+        return MW_EAGAIN;
+    mw__outq_append2(&c->w->pool, &c->out, hdr, hlen, data, len);
+    queued(c);
+    return MW_OK;
+}
+
+int mw__conn_send_shared(mw_conn_t *c, mw_rbuf_t *frame)
+{
+    if (c->state != MW_CONN_OPEN)
+        return MW_ECLOSED;
+    if (admit(c, frame->len) != MW_OK)
+        return MW_EAGAIN;
+    mw__outq_append_ref(&c->w->pool, &c->out, frame);
+    queued(c);
+    return MW_OK;
 }
 
 int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len)
 {
-    if (c->state != MW_CONN_OPEN)
-        return MW_ECLOSED;
-    queue_frame(c, opcode, data, len);
-    check_backlog(c);
-    return MW_OK;
+    uint8_t hdr[MW_WS_MAX_HEADER];
+    size_t hlen = mw__ws_header(hdr, 1, 0, opcode, len);
+    /* Control frames (pings) are never dropped by a policy. */
+    if (opcode >= MW_WS_OP_CLOSE && c->state == MW_CONN_OPEN) {
+        mw__outq_append2(&c->w->pool, &c->out, hdr, hlen, data, len);
+        queued(c);
+        return MW_OK;
+    }
+    return mw__conn_send_encoded(c, hdr, hlen, data, len);
 }
 
 void mw__conn_close(mw_conn_t *c, uint16_t code, const char *reason, size_t rlen)
@@ -247,6 +297,22 @@ size_t mw__conn_ws_input(mw_conn_t *c, uint8_t *buf, size_t len)
     return off;
 }
 
+void mw__conn_drained(mw_conn_t *c)
+{
+    mw_worker_t *w = c->w;
+    c->above_low = 0;
+    if (c->state != MW_CONN_OPEN)
+        return;
+    mw__conn_retain(c);
+    if (!c->busy && !c->inbox_head) {
+        if (w->ops->on_drain(w->ops_ud, c))
+            c->busy = 1;
+    } else {
+        inbox_push(c, MW_INBOX_DRAIN, 0, 0, NULL, 0);
+    }
+    mw__conn_release(c);
+}
+
 void mw__conn_handler_done(mw_conn_t *c)
 {
     mw_worker_t *w = c->w;
@@ -261,6 +327,8 @@ void mw__conn_handler_done(mw_conn_t *c)
         int suspended;
         if (e->kind == MW_INBOX_MESSAGE)
             suspended = w->ops->on_message(w->ops_ud, c, e->data, e->len, e->binary);
+        else if (e->kind == MW_INBOX_DRAIN)
+            suspended = w->ops->on_drain(w->ops_ud, c);
         else
             suspended = w->ops->on_close(w->ops_ud, c, e->code, (const char *)e->data, e->len);
         free(e);

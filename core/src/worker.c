@@ -14,12 +14,13 @@
 
 #include "conn.h"
 #include "log.h"
+#include "pubsub.h"
 
 /* --- timeouts --------------------------------------------------------------- */
 
 static void handshake_expired(mw_conn_t *c)
 {
-    if (c->state == MW_CONN_HTTP)
+    if (c->state == MW_CONN_HTTP || c->state == MW_CONN_UPGRADING)
         mw__conn_http_error(c, 408, NULL, "the upgrade request did not arrive in time");
 }
 
@@ -157,6 +158,7 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
     w->rbuf_cap = cfg->max_header_bytes + 65536;
     w->rbuf = mw__xmalloc(w->rbuf_cap);
     mw__chunk_pool_init(&w->pool, 256);
+    w->pubsub = mw__pubsub_new();
     const char *sio = getenv("MOONWIRE_TEST_SHORT_IO");
     w->short_io = sio && *sio && strcmp(sio, "0") != 0;
 
@@ -261,6 +263,7 @@ void mw__worker_free(mw_worker_t *w)
         mw__tlist_free(&w->tl[i]);
     mw__tlist_free(&w->idle);
     mw__chunk_pool_free(&w->pool);
+    mw__pubsub_free(w->pubsub);
     free(w->rbuf);
     free(w->hdrs);
 }

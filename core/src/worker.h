@@ -17,10 +17,13 @@
 typedef struct mw_conn mw_conn_t;
 typedef struct mw_worker mw_worker_t;
 
-/* What the app decided for an upgrade request. */
+/* Per-route settings the core enforces, one per route of the app, kept in
+ * the worker and indexed by a connection's route number. */
 typedef struct mw_route {
-    int index;                 /* the app's route number, kept in the connection */
-    uint64_t max_message_size; /* this route's limit */
+    uint64_t max_message_size; /* close 1009 above this */
+    size_t max_buffered;       /* the slow-consumer bound of the write queue */
+    size_t low_water_mark;     /* on_drain once the queue falls below this */
+    uint8_t drop;              /* slow_consumer = "drop": skip sends instead of closing */
 } mw_route_t;
 
 /* The app's side (implemented by core/bind). Each event hook returns 1 when
@@ -28,10 +31,18 @@ typedef struct mw_route {
  * events wait in its inbox until mw__conn_handler_done), 0 when it finished.
  * The core holds a reference on the connection during every call. */
 typedef struct mw_app_ops {
-    /* Returns 0 and fills *route to accept, or the HTTP status to refuse with. */
-    int (*route)(void *ud, mw_conn_t *c, const mw_http_request_t *req, mw_route_t *route);
+    /* A valid upgrade request arrived (RFC 6455 checks passed; accept is the
+     * Sec-WebSocket-Accept value). The app must decide, now or later, with
+     * mw__conn_upgrade_accept or mw__conn_http_error (404 when no route
+     * matches). Returns nothing: the connection waits in MW_CONN_UPGRADING
+     * until one is called. */
+    void (*upgrade)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
+    /* A request that is not a WebSocket upgrade. The app answers it with
+     * mw__conn_http_refuse / mw__conn_http_error. */
+    void (*http_request)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
     int (*on_open)(void *ud, mw_conn_t *c);
     int (*on_message)(void *ud, mw_conn_t *c, const uint8_t *data, size_t len, int binary);
+    int (*on_drain)(void *ud, mw_conn_t *c);
     int (*on_close)(void *ud, mw_conn_t *c, int code, const char *reason, size_t rlen);
 } mw_app_ops_t;
 
@@ -61,7 +72,10 @@ struct mw_worker {
     void *ops_ud;
 
     mw_http_header_t *hdrs; /* cfg.max_headers slots for the request being parsed */
-    uint8_t *rbuf;          /* the one read buffer every connection parses in place */
+    mw_route_t *routes;     /* the app's routes (owned by the app side) */
+    size_t nroutes;
+    struct mw_pubsub *pubsub;
+    uint8_t *rbuf; /* the one read buffer every connection parses in place */
     size_t rbuf_cap;
     mw_chunk_pool_t pool;
 

@@ -55,8 +55,15 @@ local APP_OPTIONS = {
 
 local ROUTE_OPTIONS = {
   max_message_size = "bytes",
+  max_buffered = "bytes",
+  low_water_mark = "bytes0",
+  slow_consumer = "policy",
+  origins = "origins",
+  protocols = "protocols",
+  upgrade = "function",
   on_open = "function",
   on_message = "function",
+  on_drain = "function",
   on_close = "function",
 }
 
@@ -108,6 +115,29 @@ local function check_options(what, opts, schema, level)
       if type(value) ~= "function" then
         error(what .. " '" .. name .. "' must be a function, got " .. type(value), level)
       end
+    elseif kind == "policy" then
+      if value ~= "close" and value ~= "drop" then
+        error(what .. " '" .. name .. "' must be \"close\" or \"drop\", got " .. tostring(value), level)
+      end
+    elseif kind == "origins" then
+      local ok = value == "*" or type(value) == "table"
+      if type(value) == "table" then
+        for _, o in ipairs(value) do
+          if type(o) ~= "string" or not o:match("^%a[%w+.-]*://[^/]+$") then ok = false end
+        end
+      end
+      if not ok then
+        error(what .. " '" .. name .. "' must be \"*\" or a list of origins like "
+          .. "\"https://example.com\" (scheme://host[:port], no path)", level)
+      end
+    elseif kind == "protocols" then
+      local ok = type(value) == "table"
+      for _, p in ipairs(ok and value or {}) do
+        if type(p) ~= "string" or not p:match("^[!#$%%&'*+.^_`|~%w-]+$") then ok = false end
+      end
+      if not ok then
+        error(what .. " '" .. name .. "' must be a list of subprotocol names (tokens)", level)
+      end
     elseif kind == "address" then
       if type(value) ~= "string" or not value:match("^.+:%d+$") then
         error(what .. " '" .. name .. "' must be \"HOST:PORT\", got " .. tostring(value), level)
@@ -122,6 +152,8 @@ local function check_options(what, opts, schema, level)
         error(what .. " '" .. name .. "' must be >= 0 seconds (0 turns it off), got " .. value, level)
       elseif (kind == "bytes" or kind == "count") and (value < 1 or floor(value) ~= value) then
         error(what .. " '" .. name .. "' must be a whole number >= 1, got " .. value, level)
+      elseif kind == "bytes0" and (value < 0 or floor(value) ~= value) then
+        error(what .. " '" .. name .. "' must be a whole number >= 0, got " .. value, level)
       end
     end
     out[name] = value
@@ -140,11 +172,32 @@ function M.app(opts)
     _moonwire_app = true,
     options = options,
     routes = {},      -- array of route tables; the core keeps indexes into it
-    ws_paths = {},    -- path -> route index
+    ws_paths = {},    -- exact path -> route index
+    ws_patterns = {}, -- routes with :params, in the order they were added
+    timers = {},      -- timers made while the app file loads, started with the server
   }, App)
 end
 
---- Adds a WebSocket route at an exact path.
+-- Splits "/chat/:room" into segments; returns nil when it has no parameter.
+local function compile_path(path)
+  if not path:find("/:", 1, true) then return nil end
+  local segs, names = {}, {}
+  for seg in path:gmatch("/([^/]*)") do
+    local name = seg:match("^:([%a_][%w_]*)$")
+    if seg:sub(1, 1) == ":" and not name then
+      return nil, "parameter '" .. seg .. "' must be ':' followed by a name"
+    end
+    if name then
+      if names[name] then return nil, "parameter ':" .. name .. "' appears twice" end
+      names[name] = true
+    end
+    segs[#segs + 1] = name and { param = name } or seg
+  end
+  return segs
+end
+
+--- Adds a WebSocket route. `path` is exact ("/echo") or has parameters
+-- ("/chat/:room", each matching one non-empty path segment, in ws.params).
 function App:websocket(path, handlers)
   if getmetatable(self) ~= App then
     error("use app:websocket(path, handlers), with a colon", 2)
@@ -158,16 +211,106 @@ function App:websocket(path, handlers)
   if self.ws_paths[path] then
     error("websocket route '" .. path .. "' is defined twice", 2)
   end
+  local segs, err = compile_path(path)
+  if err then error("websocket route '" .. path .. "': " .. err, 2) end
   local route = check_options("websocket route option", handlers, ROUTE_OPTIONS, 3)
   route.path = path
   self.routes[#self.routes + 1] = route
   self.ws_paths[path] = #self.routes
+  if segs then
+    self.ws_patterns[#self.ws_patterns + 1] = { index = #self.routes, segs = segs }
+  end
   return self
 end
 
---- Returns the route index for a request path, or nil (404).
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+--- Returns the route index for a request path and its parameters, or nil.
+-- Exact paths win over parameter routes; parameter routes are tried in the
+-- order they were added.
 function App:_match(path)
-  return self.ws_paths[path]
+  local index = self.ws_paths[path]
+  if index and not self.routes[index].path:find("/:", 1, true) then return index end
+  local patterns = self.ws_patterns
+  if #patterns == 0 then return nil end
+  local parts = {}
+  for seg in path:gmatch("/([^/]*)") do parts[#parts + 1] = seg end
+  for _, p in ipairs(patterns) do
+    local segs = p.segs
+    if #segs == #parts then
+      local params = {}
+      for i = 1, #segs do
+        local want, got = segs[i], parts[i]
+        if type(want) == "table" then
+          if got == "" then params = nil; break end
+          params[want.param] = unescape(got)
+        elseif want ~= got then
+          params = nil
+          break
+        end
+      end
+      if params then return p.index, params end
+    end
+  end
+  return nil
+end
+
+--- Publishes a message to every connection subscribed to topic; returns how
+-- many it was queued for. The frame is encoded once for all of them.
+function App:publish(topic, data, binary) -- luacheck: ignore self
+  if type(topic) ~= "string" then error("topic must be a string, got " .. type(topic), 2) end
+  if type(data) ~= "string" then error("data must be a string, got " .. type(data), 2) end
+  return core.publish(topic, data, binary and true or false)
+end
+
+--- The number of connections subscribed to topic.
+function App:subscribers(topic) -- luacheck: ignore self
+  if type(topic) ~= "string" then error("topic must be a string, got " .. type(topic), 2) end
+  return core.subscribers(topic)
+end
+
+local function add_timer(self, seconds, fn, repeating, name)
+  if type(seconds) ~= "number" or seconds < 0 or (repeating and seconds <= 0) then
+    error("app:" .. name .. "(seconds, fn): seconds must be a number " ..
+      (repeating and "> 0" or ">= 0") .. ", got " .. tostring(seconds), 3)
+  end
+  if type(fn) ~= "function" then
+    error("app:" .. name .. "(seconds, fn): fn must be a function, got " .. type(fn), 3)
+  end
+  local t = core.timer(seconds, repeating, fn)
+  self.timers[#self.timers + 1] = t
+  return t
+end
+
+--- Runs fn every `seconds` (in a coroutine, like a handler); returns a timer
+-- with :cancel(). An error in fn is logged and the timer goes on.
+function App:every(seconds, fn)
+  return add_timer(self, seconds, fn, true, "every")
+end
+
+--- Runs fn once after `seconds`; returns a timer with :cancel().
+function App:after(seconds, fn)
+  return add_timer(self, seconds, fn, false, "after")
+end
+
+-- Runs a route's upgrade hook (inside a handler coroutine) and turns its
+-- answer into the core's decision:
+--   nil / true        accept
+--   a table           accept; the table becomes ws.data
+--   a status number   refuse with it (then an optional body and headers)
+--   false             refuse with 403
+function M._upgrade(hook, req, ws)
+  local r1, r2, r3 = hook(req)
+  if r1 == nil or r1 == true or type(r1) == "table" then
+    if type(r1) == "table" then ws.data = r1 end
+    return core.accept(ws, req.protocol, req.response_headers)
+  elseif r1 == false or type(r1) == "number" then
+    return core.refuse(ws, r1 == false and 403 or r1, r2, r3)
+  end
+  error("the upgrade hook of route '" .. req.route .. "' returned a " .. type(r1) ..
+    "; return nothing or a table (ws.data) to accept, or an HTTP status to refuse", 0)
 end
 
 return M
