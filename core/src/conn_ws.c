@@ -50,13 +50,20 @@ static void record_close(mw_conn_t *c, uint16_t code, const char *reason, size_t
     }
 }
 
+/* Would queueing n more bytes put c past max_buffered? A queue that is
+ * empty always takes one message, however large (up to max_message_size),
+ * so the bound is on the backlog of a peer that does not keep up, not on
+ * message size. */
+static int over_limit(const mw_conn_t *c, size_t n)
+{
+    return c->out.bytes > 0 && c->out.bytes + n > c->w->cfg.max_buffered;
+}
+
 /* A peer this far behind on reading would grow our memory without bound
  * (also one that sends pings and never reads the pongs): what is queued
  * stays queued, a close follows it, and close_timeout bounds the wait. */
-static void check_backlog(mw_conn_t *c)
+static void slow_consumer(mw_conn_t *c)
 {
-    if (c->out.bytes <= c->w->cfg.max_buffered || c->state != MW_CONN_OPEN)
-        return;
     mw_warn("conn %llu: slow consumer: %zu bytes queued (max_buffered %zu); closing with 1008",
             (unsigned long long)c->id, c->out.bytes, c->w->cfg.max_buffered);
     mw__conn_close(c, MW_WS_CLOSE_POLICY, "slow consumer", 13);
@@ -66,8 +73,11 @@ int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len)
 {
     if (c->state != MW_CONN_OPEN)
         return MW_ECLOSED;
+    if (over_limit(c, len + MW_WS_MAX_HEADER)) {
+        slow_consumer(c);
+        return MW_ECLOSED;
+    }
     queue_frame(c, opcode, data, len);
-    check_backlog(c);
     return MW_OK;
 }
 
@@ -179,8 +189,10 @@ static void on_control(mw_conn_t *c, const mw_ws_event_t *ev)
     case MW_WS_OP_PING:
         /* RFC 6455 5.5.3: answer with a pong carrying the same payload. */
         if (c->state == MW_CONN_OPEN) {
-            queue_frame(c, MW_WS_OP_PONG, ev->data, ev->len);
-            check_backlog(c);
+            if (over_limit(c, ev->len + 2))
+                slow_consumer(c);
+            else
+                queue_frame(c, MW_WS_OP_PONG, ev->data, ev->len);
         }
         return;
     case MW_WS_OP_PONG:
