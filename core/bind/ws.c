@@ -80,9 +80,15 @@ static int ws_send(lua_State *L)
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
     int binary = lua_toboolean(L, 3);
-    if (!b->c || mw__conn_send(b->c, binary ? MW_WS_OP_BINARY : MW_WS_OP_TEXT, data, len) != 0) {
+    int rc = b->c ? mw__conn_send(b->c, binary ? MW_WS_OP_BINARY : MW_WS_OP_TEXT, data, len)
+                  : MW_ECLOSED;
+    if (rc != MW_OK) {
+        /* "dropped": the route's slow_consumer = "drop" policy skipped it. */
         lua_pushnil(L);
-        lua_pushliteral(L, "closed");
+        if (rc == MW_EAGAIN)
+            lua_pushliteral(L, "dropped");
+        else
+            lua_pushliteral(L, "closed");
         return 2;
     }
     lua_pushboolean(L, 1);

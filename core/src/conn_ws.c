@@ -50,38 +50,47 @@ static void record_close(mw_conn_t *c, uint16_t code, const char *reason, size_t
     }
 }
 
+/* Would queueing n more bytes put c past its route's max_buffered? A queue
+ * that is empty always takes one message, however large (up to
+ * max_message_size), so the bound is on the backlog of a peer that does not
+ * keep up, not on message size. */
+static int over_limit(const mw_conn_t *c, size_t n)
+{
+    return c->out.bytes > 0 && c->out.bytes + n > c->w->routes[c->route].max_buffered;
+}
+
 /* A peer this far behind on reading would grow our memory without bound
  * (also one that sends pings and never reads the pongs): what is queued
  * stays queued, a close follows it, and close_timeout bounds the wait. */
-static void check_backlog(mw_conn_t *c)
+static void slow_consumer(mw_conn_t *c)
 {
-    size_t max = c->w->routes[c->route].max_buffered;
-    if (c->out.bytes <= max || c->state != MW_CONN_OPEN)
-        return;
     mw_warn("conn %llu: slow consumer: %zu bytes queued (max_buffered %zu); closing with 1008",
-            (unsigned long long)c->id, c->out.bytes, max);
+            (unsigned long long)c->id, c->out.bytes, c->w->routes[c->route].max_buffered);
     mw__conn_close(c, MW_WS_CLOSE_POLICY, "slow consumer", 13);
 }
 
 /* The route's slow-consumer policy, before a frame of n bytes is queued:
- * returns MW_OK to queue it, MW_EAGAIN when "drop" skips it. */
-static int admit(mw_conn_t *c, size_t n)
+ * MW_OK to queue it; MW_EAGAIN when "drop" skips it (counted); MW_ECLOSED
+ * when "close" closes the connection instead. Control frames are never
+ * dropped, only closed on. */
+static int admit(mw_conn_t *c, size_t n, int control)
 {
-    const mw_route_t *r = &c->w->routes[c->route];
-    if (r->drop && c->out.bytes + n > r->max_buffered) {
+    if (!over_limit(c, n))
+        return MW_OK;
+    if (c->w->routes[c->route].drop && !control) {
         c->dropped++;
         return MW_EAGAIN;
     }
-    return MW_OK;
+    slow_consumer(c);
+    return MW_ECLOSED;
 }
 
-/* After queueing: note crossing the low-water mark (for on_drain), apply
- * the "close" policy, and mark the connection for the flush pass. */
+/* After queueing: note crossing the low-water mark (for on_drain) and mark
+ * the connection for the flush pass. */
 static void queued(mw_conn_t *c)
 {
     if (c->out.bytes >= c->w->routes[c->route].low_water_mark)
         c->above_low = 1;
-    check_backlog(c);
     mw__conn_want_flush(c);
 }
 
@@ -90,8 +99,9 @@ int mw__conn_send_encoded(mw_conn_t *c, const uint8_t *hdr, size_t hlen, const v
 {
     if (c->state != MW_CONN_OPEN)
         return MW_ECLOSED;
-    if (admit(c, hlen + len) != MW_OK)
-        return MW_EAGAIN;
+    int rc = admit(c, hlen + len, hdr[0] & 0x08);
+    if (rc != MW_OK)
+        return rc;
     mw__outq_append2(&c->w->pool, &c->out, hdr, hlen, data, len);
     queued(c);
     return MW_OK;
@@ -101,8 +111,9 @@ int mw__conn_send_shared(mw_conn_t *c, mw_rbuf_t *frame)
 {
     if (c->state != MW_CONN_OPEN)
         return MW_ECLOSED;
-    if (admit(c, frame->len) != MW_OK)
-        return MW_EAGAIN;
+    int rc = admit(c, frame->len, 0);
+    if (rc != MW_OK)
+        return rc;
     mw__outq_append_ref(&c->w->pool, &c->out, frame);
     queued(c);
     return MW_OK;
@@ -112,12 +123,6 @@ int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len)
 {
     uint8_t hdr[MW_WS_MAX_HEADER];
     size_t hlen = mw__ws_header(hdr, 1, 0, opcode, len);
-    /* Control frames (pings) are never dropped by a policy. */
-    if (opcode >= MW_WS_OP_CLOSE && c->state == MW_CONN_OPEN) {
-        mw__outq_append2(&c->w->pool, &c->out, hdr, hlen, data, len);
-        queued(c);
-        return MW_OK;
-    }
     return mw__conn_send_encoded(c, hdr, hlen, data, len);
 }
 
@@ -229,8 +234,10 @@ static void on_control(mw_conn_t *c, const mw_ws_event_t *ev)
     case MW_WS_OP_PING:
         /* RFC 6455 5.5.3: answer with a pong carrying the same payload. */
         if (c->state == MW_CONN_OPEN) {
-            queue_frame(c, MW_WS_OP_PONG, ev->data, ev->len);
-            check_backlog(c);
+            if (over_limit(c, ev->len + 2))
+                slow_consumer(c);
+            else
+                queue_frame(c, MW_WS_OP_PONG, ev->data, ev->len);
         }
         return;
     case MW_WS_OP_PONG:

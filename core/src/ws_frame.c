@@ -1,0 +1,345 @@
+/* WebSocket frame codec (RFC 6455 section 5): the resumable in-place frame
+ * parser, the close-payload check, header encoders and payload masking.
+ *
+ * The parser checks each header byte as soon as it is in the buffer, in the
+ * order the bytes arrive, so a broken frame is refused at the first byte
+ * that proves it broken and the error reported does not depend on how the
+ * stream was split into reads. Data payloads are handed out as soon as they
+ * arrive; control frames only whole, because their handling (pong, close)
+ * needs the complete payload and they are small. */
+#include "ws_frame.h"
+
+#include <string.h>
+
+#include "moonwire/moonwire.h"
+#include "utf8.h"
+
+/* Byte 0 and byte 1 of the frame header (RFC 6455 5.2). */
+#define B0_FIN    0x80u
+#define B0_RSV1   0x40u
+#define B0_RSV23  0x30u
+#define B0_OPCODE 0x0Fu
+#define B1_MASK   0x80u
+#define B1_LEN    0x7Fu
+
+static int is_control(unsigned opcode)
+{
+    return (opcode & 0x8u) != 0;
+}
+
+/* Fills ev for an error and returns the code; close_code is what the
+ * connection sends in its close frame (RFC 6455 7.4.1). */
+static ssize_t fail(mw_ws_event_t *ev, int err, const char *why)
+{
+    ev->type = MW_WS_EV_NONE;
+    ev->error = why;
+    switch (err) {
+    case MW_EUTF8:
+        ev->close_code = MW_WS_CLOSE_INVALID_DATA;
+        break;
+    case MW_ETOOBIG:
+        ev->close_code = MW_WS_CLOSE_TOO_BIG;
+        break;
+    default:
+        ev->close_code = MW_WS_CLOSE_PROTOCOL;
+        break;
+    }
+    return err;
+}
+
+/* Rules that the first header byte alone decides. Returns NULL when the
+ * byte is acceptable in the parser's current state, else the broken rule. */
+static const char *check_byte0(const mw_ws_parser_t *p, unsigned b0)
+{
+    unsigned op = b0 & B0_OPCODE;
+
+    /* RFC 6455 5.2: RSV bits are 0 unless an extension defines them, and
+     * permessage-deflate (RFC 7692 6) only defines RSV1. */
+    if (b0 & B0_RSV23)
+        return "RSV2 or RSV3 set";
+    switch (op) {
+    case MW_WS_OP_CONT:
+        /* RFC 6455 5.4: a continuation needs a fragmented message to continue. */
+        if (!p->msg_opcode)
+            return "continuation frame without a message in progress";
+        /* RFC 7692 6.1: RSV1 marks a compressed message on its first frame only. */
+        if (b0 & B0_RSV1)
+            return "RSV1 set on a continuation frame";
+        return NULL;
+    case MW_WS_OP_TEXT:
+    case MW_WS_OP_BINARY:
+        /* RFC 6455 5.4: fragments of one message are not interleaved with
+         * another data message. */
+        if (p->msg_opcode)
+            return "new data message before the fragmented one ended";
+        if ((b0 & B0_RSV1) && !p->rsv1_allowed)
+            return "RSV1 set without a negotiated extension";
+        return NULL;
+    case MW_WS_OP_CLOSE:
+    case MW_WS_OP_PING:
+    case MW_WS_OP_PONG:
+        /* RFC 7692 6.1: compression applies to data messages, never to
+         * control frames. */
+        if (b0 & B0_RSV1)
+            return "RSV1 set on a control frame";
+        /* RFC 6455 5.5: control frames are never fragmented -> 1002. */
+        if (!(b0 & B0_FIN))
+            return "fragmented control frame";
+        return NULL;
+    default:
+        /* RFC 6455 5.2: opcodes 3-7 and B-F are reserved -> 1002. */
+        return "reserved opcode";
+    }
+}
+
+/* Rules that the second byte decides, given an acceptable first byte. */
+static const char *check_byte1(const mw_ws_parser_t *p, unsigned b0, unsigned b1)
+{
+    /* RFC 6455 5.1: a client masks every frame and a server masks none; the
+     * receiving end closes on a frame that breaks this. */
+    if (p->server && !(b1 & B1_MASK))
+        return "unmasked frame from a client";
+    if (!p->server && (b1 & B1_MASK))
+        return "masked frame from a server";
+    /* RFC 6455 5.5: control frame payloads are at most 125 bytes, and the
+     * 7-bit length codes 126 and 127 only introduce longer lengths. */
+    if (is_control(b0 & B0_OPCODE) && (b1 & B1_LEN) > MW_WS_MAX_CONTROL)
+        return "control frame longer than 125 bytes";
+    return NULL;
+}
+
+/* Hands out the next chunk of the current data frame's payload from
+ * data[0..avail), after `used` bytes of this call went to its header. */
+static ssize_t deliver(mw_ws_parser_t *p, uint8_t *data, size_t avail, size_t used,
+                       mw_ws_event_t *ev)
+{
+    size_t n = p->remaining < avail ? (size_t)p->remaining : avail;
+    int last;
+
+    /* A non-empty frame with no payload bytes here yet has nothing to report
+     * (an empty frame still produces its empty chunk below). */
+    if (n == 0 && p->remaining > 0)
+        return (ssize_t)used;
+    if (p->server)
+        p->mask_off = (uint8_t)mw__ws_mask(data, n, p->mask, p->mask_off);
+    p->remaining -= n;
+    p->msg_len += n;
+    last = p->remaining == 0 && p->frame_fin;
+
+    /* RFC 6455 8.1: text must be UTF-8, and we fail as soon as it cannot
+     * become valid, also across chunk and frame boundaries. A compressed
+     * message (RSV1, RFC 7692) carries deflate output here, not text, so
+     * its UTF-8 is checked by the caller on the inflated bytes instead. */
+    if (p->msg_opcode == MW_WS_OP_TEXT && !p->msg_rsv1) {
+        if (mw__utf8_validate(&p->utf8, data, n) < 0)
+            return fail(ev, MW_EUTF8, "invalid UTF-8 in a text message");
+        if (last && !mw__utf8_complete(p->utf8))
+            return fail(ev, MW_EUTF8, "text message ends inside a UTF-8 sequence");
+    }
+
+    ev->type = MW_WS_EV_DATA;
+    ev->opcode = p->msg_opcode;
+    ev->first = !p->msg_started;
+    ev->last = (uint8_t)last;
+    ev->rsv1 = p->msg_rsv1;
+    ev->data = data;
+    ev->len = n;
+    p->msg_started = 1;
+
+    if (p->remaining == 0) {
+        p->in_frame = 0;
+        if (p->frame_fin) {
+            p->msg_opcode = 0;
+            p->msg_rsv1 = 0;
+            p->msg_started = 0;
+            p->msg_len = 0;
+            p->utf8 = MW_UTF8_ACCEPT;
+        }
+    }
+    return (ssize_t)(used + n);
+}
+
+ssize_t mw__ws_parse(mw_ws_parser_t *p, uint8_t *buf, size_t len, mw_ws_event_t *ev)
+{
+    unsigned b0, b1, op, len7;
+    size_t hdr;
+    uint64_t plen;
+    const char *why;
+
+    memset(ev, 0, sizeof *ev);
+    if (p->in_frame)
+        return deliver(p, buf, len, 0, ev);
+
+    if (len < 1)
+        return 0;
+    b0 = buf[0];
+    if ((why = check_byte0(p, b0)) != NULL)
+        return fail(ev, MW_EPROTO, why);
+    if (len < 2)
+        return 0;
+    b1 = buf[1];
+    if ((why = check_byte1(p, b0, b1)) != NULL)
+        return fail(ev, MW_EPROTO, why);
+
+    op = b0 & B0_OPCODE;
+    len7 = b1 & B1_LEN;
+    hdr = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + (p->server ? 4 : 0);
+    if (len < hdr)
+        return 0;
+
+    if (len7 == 126) {
+        plen = (uint64_t)buf[2] << 8 | buf[3];
+        /* RFC 6455 5.2: "the minimal number of bytes MUST be used". */
+        if (plen < 126)
+            return fail(ev, MW_EPROTO, "16-bit length used for a length below 126");
+    } else if (len7 == 127) {
+        plen = 0;
+        for (int i = 0; i < 8; i++)
+            plen = plen << 8 | buf[2 + i];
+        /* RFC 6455 5.2: the most significant bit of a 64-bit length is 0. */
+        if (plen >> 63)
+            return fail(ev, MW_EPROTO, "64-bit length with the top bit set");
+        if (plen <= 0xFFFF)
+            return fail(ev, MW_EPROTO, "64-bit length used for a length below 65536");
+    } else {
+        plen = len7;
+    }
+    if (p->server)
+        memcpy(p->mask, buf + hdr - 4, 4);
+
+    if (is_control(op)) {
+        /* Control frames are reported whole: wait until all of it is here.
+         * plen <= 125 was checked on byte 1. */
+        if (len - hdr < plen)
+            return 0;
+        if (p->server)
+            mw__ws_mask(buf + hdr, (size_t)plen, p->mask, 0);
+        ev->type = MW_WS_EV_CONTROL;
+        ev->opcode = (uint8_t)op;
+        ev->data = buf + hdr;
+        ev->len = (size_t)plen;
+        return (ssize_t)(hdr + plen);
+    }
+
+    /* The size limit is enforced before any payload is read, so a peer
+     * cannot make us buffer a message we will refuse anyway (RFC 6455 10.4).
+     * msg_len <= max_message_size holds, so the subtraction cannot wrap. */
+    if (p->max_message_size && plen > p->max_message_size - p->msg_len)
+        return fail(ev, MW_ETOOBIG, "message larger than the configured maximum");
+
+    if (op != MW_WS_OP_CONT) {
+        p->msg_opcode = (uint8_t)op;
+        p->msg_rsv1 = (b0 & B0_RSV1) ? 1 : 0;
+        p->msg_started = 0;
+        p->msg_len = 0;
+        p->utf8 = MW_UTF8_ACCEPT;
+    }
+    p->frame_fin = (b0 & B0_FIN) ? 1 : 0;
+    p->remaining = plen;
+    p->mask_off = 0;
+    p->in_frame = 1;
+    return deliver(p, buf + hdr, len - hdr, hdr, ev);
+}
+
+int mw__ws_close_code_valid(unsigned code)
+{
+    /* RFC 6455 7.4.1 and the IANA registry (7.4.2): 1004 is reserved, 1005,
+     * 1006 and 1015 are for reporting only and never sent, 1016..2999 are
+     * unassigned; 3000..3999 are registered by libraries and 4000..4999 are
+     * private use. */
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999);
+}
+
+int mw__ws_close_check(const uint8_t *payload, size_t len, uint16_t *code)
+{
+    uint32_t utf8 = MW_UTF8_ACCEPT;
+    unsigned c;
+
+    /* RFC 6455 7.1.5: an empty close has no status code, reported as 1005. */
+    if (len == 0) {
+        *code = MW_WS_CLOSE_NO_STATUS;
+        return 0;
+    }
+    /* RFC 6455 5.5.1: a body starts with a 2-byte code, so 1 byte is broken. */
+    if (len == 1)
+        return MW_WS_CLOSE_PROTOCOL;
+    c = (unsigned)payload[0] << 8 | payload[1];
+    if (!mw__ws_close_code_valid(c))
+        return MW_WS_CLOSE_PROTOCOL;
+    /* RFC 6455 5.5.1: the reason after the code is UTF-8 -> 1007. */
+    if (mw__utf8_validate(&utf8, payload + 2, len - 2) < 0 || !mw__utf8_complete(utf8))
+        return MW_WS_CLOSE_INVALID_DATA;
+    *code = (uint16_t)c;
+    return 0;
+}
+
+/* Writes byte 0, byte 1 and the extended length; returns their size. */
+static size_t put_header(uint8_t *out, int fin, int rsv1, int opcode, uint64_t len,
+                         unsigned maskbit)
+{
+    out[0] = (uint8_t)((fin ? B0_FIN : 0) | (rsv1 ? B0_RSV1 : 0) | ((unsigned)opcode & B0_OPCODE));
+    /* RFC 6455 5.2: always the shortest length form, as we demand of peers. */
+    if (len <= 125) {
+        out[1] = (uint8_t)(maskbit | (unsigned)len);
+        return 2;
+    }
+    if (len <= 0xFFFF) {
+        out[1] = (uint8_t)(maskbit | 126);
+        out[2] = (uint8_t)(len >> 8);
+        out[3] = (uint8_t)len;
+        return 4;
+    }
+    out[1] = (uint8_t)(maskbit | 127);
+    for (int i = 0; i < 8; i++)
+        out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+    return 10;
+}
+
+size_t mw__ws_header(uint8_t out[MW_WS_MAX_HEADER], int fin, int rsv1, int opcode, uint64_t len)
+{
+    return put_header(out, fin, rsv1, opcode, len, 0);
+}
+
+size_t mw__ws_header_masked(uint8_t out[MW_WS_MAX_HEADER], int fin, int rsv1, int opcode,
+                            uint64_t len, const uint8_t mask[4])
+{
+    size_t n = put_header(out, fin, rsv1, opcode, len, B1_MASK);
+
+    memcpy(out + n, mask, 4);
+    return n + 4;
+}
+
+unsigned mw__ws_mask(uint8_t *p, size_t len, const uint8_t mask[4], unsigned off)
+{
+    size_t i = 0;
+
+    off &= 3;
+    /* Bytewise up to an 8-byte boundary, so the word loop below does
+     * aligned accesses where the platform cares. */
+    while (i < len && ((uintptr_t)(p + i) & 7) != 0) {
+        p[i++] ^= mask[off];
+        off = (off + 1) & 3;
+    }
+    if (len - i >= 8) {
+        /* The key repeated from the current position, laid out in memory
+         * order, so the XOR is right on either endianness. A word is two
+         * whole key periods, so the position after it is unchanged. */
+        uint8_t kb[8];
+        uint64_t k, w;
+
+        for (int j = 0; j < 8; j++)
+            kb[j] = mask[(off + (unsigned)j) & 3];
+        memcpy(&k, kb, 8);
+        for (; len - i >= 8; i += 8) {
+            memcpy(&w, p + i, 8);
+            w ^= k;
+            memcpy(p + i, &w, 8);
+        }
+    }
+    while (i < len) {
+        p[i++] ^= mask[off];
+        off = (off + 1) & 3;
+    }
+    return off;
+}
