@@ -33,6 +33,7 @@ static const char usage[] =
     "  --max-connections N         most open connections (default 10000)\n"
     "  --max-buffered BYTES        most bytes queued for one slow client (default 4194304)\n"
     "  --max-inbox-bytes BYTES     most bytes waiting for one busy handler (default 1048576)\n"
+    "  --max-body-size BYTES       largest plain HTTP request body (default 1048576)\n"
     "  --log-level LEVEL           debug, info, warn or error (default info)\n"
     "  -h, --help                  show this help\n"
     "  -v, --version               show the version\n";
@@ -80,6 +81,7 @@ enum {
     F_MAXCONN,
     F_MAXBUF,
     F_MAXINBOX,
+    F_MAXBODY,
     F_LOG,
     F_COUNT
 };
@@ -128,6 +130,7 @@ int main(int argc, char **argv)
         [F_MAXCONN] = {"--max-connections", 1, 0, 0, NULL},
         [F_MAXBUF] = {"--max-buffered", 1, 0, 0, NULL},
         [F_MAXINBOX] = {"--max-inbox-bytes", 1, 0, 0, NULL},
+        [F_MAXBODY] = {"--max-body-size", 1, 0, 0, NULL},
         [F_LOG] = {"--log-level", 3, 0, 0, NULL},
     };
     const char *app_path = NULL;
@@ -228,6 +231,8 @@ int main(int argc, char **argv)
         cfg.max_buffered = (size_t)flags[F_MAXBUF].value;
     if (flags[F_MAXINBOX].set)
         cfg.max_inbox_bytes = (size_t)flags[F_MAXINBOX].value;
+    if (flags[F_MAXBODY].set)
+        cfg.max_body_size = (size_t)flags[F_MAXBODY].value;
     const char *bad = mw__config_check(&cfg);
     if (bad) {
         mw__lua_close(&S);

@@ -11,7 +11,7 @@
 
 typedef struct mw_co mw_co_t;
 
-enum { MW_CO_HANDLER = 0, MW_CO_CLOSE, MW_CO_UPGRADE };
+enum { MW_CO_HANDLER = 0, MW_CO_CLOSE, MW_CO_UPGRADE, MW_CO_HTTP };
 
 /* A pooled coroutine (DESIGN.md principle 6). It runs one handler call at a
  * time; only a call that suspends keeps it away from the pool. */

@@ -3,13 +3,17 @@
  * hook, which runs in a coroutine like every handler and answers through
  * moonwire.core.accept / refuse. Also the per-route limits the core
  * enforces (w->routes) and the fan-out functions of moonwire.core. */
+#include <errno.h>
 #include <lauxlib.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bind.h"
 #include "log.h"
 #include "pubsub.h"
+#include "static.h"
 
 static uint64_t opt_number(lua_State *L, int t, const char *name, uint64_t dflt)
 {
@@ -184,12 +188,15 @@ static void push_request(mw_lua_t *S, mw_conn_t *c, const mw_http_request_t *req
     lua_setfield(L, -2, "remote_addr");
     lua_pushinteger(L, port);
     lua_setfield(L, -2, "remote_port");
-    push_offered(L, req);
-    lua_setfield(L, -2, "protocols");
-    lua_pushvalue(L, proto);
-    lua_setfield(L, -2, "protocol");
-    lua_newtable(L);
-    lua_setfield(L, -2, "response_headers");
+    if (proto) {
+        /* An upgrade: its subprotocols and the headers its 101 may carry. */
+        push_offered(L, req);
+        lua_setfield(L, -2, "protocols");
+        lua_pushvalue(L, proto);
+        lua_setfield(L, -2, "protocol");
+        lua_newtable(L);
+        lua_setfield(L, -2, "response_headers");
+    }
     lua_getfield(L, t, "path");
     lua_setfield(L, -2, "route");
     const mw_http_header_t *o = mw__http_header_find(req, "origin");
@@ -269,14 +276,57 @@ void mw__route_http(void *ud, mw_conn_t *c, const mw_http_request_t *req)
     mw_lua_t *S = ud;
     lua_State *L = S->L;
     int top = lua_gettop(L);
-    /* No plain HTTP routes yet: a WebSocket path asks for the upgrade. */
-    if (match(S, req->path)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->app_ref);
+    lua_getfield(L, -1, "_match_http");
+    lua_insert(L, -2);
+    lua_pushlstring(L, req->method.p, req->method.n);
+    lua_pushlstring(L, req->path.p, req->path.n);
+    if (lua_pcall(L, 3, 2, 0) != 0) {
+        mw_error("HTTP route lookup failed: %s", lua_tostring(L, -1));
         lua_settop(L, top);
-        mw__conn_http_error(c, 426, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
-                            "this path speaks WebSocket");
+        mw__conn_http_error(c, 500, NULL, NULL);
         return;
     }
-    mw__conn_http_error(c, 404, NULL, "no route for this path");
+    if (!lua_isnumber(L, top + 1)) {
+        if (lua_isstring(L, top + 2)) {
+            /* RFC 9110 15.5.6: 405 names the methods the path has. */
+            lua_pushfstring(L, "Allow: %s\r\n", lua_tostring(L, top + 2));
+            mw__conn_http_error(c, 405, lua_tostring(L, -1), "method not allowed for this path");
+        } else if (lua_settop(L, top), match(S, req->path)) {
+            mw__conn_http_error(c, 426, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+                                "this path speaks WebSocket");
+        } else {
+            mw__conn_http_error(c, 404, NULL, "no route for this path");
+        }
+        lua_settop(L, top);
+        return;
+    }
+    int index = (int)lua_tointeger(L, top + 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->app_ref);
+    lua_getfield(L, -1, "http_routes");
+    lua_rawgeti(L, -1, index);
+    int t = lua_gettop(L);
+    lua_getfield(L, t, "root");
+    if (lua_isstring(L, -1)) {
+        /* app:static: answered here, no Lua handler runs. */
+        size_t rlen;
+        const char *rel = lua_tolstring(L, top + 2, &rlen);
+        mw__static_serve(c, lua_tostring(L, -1), rel ? rel : "", rel ? rlen : 0, req);
+        lua_settop(L, top);
+        mw__conn_http_done(c, 500);
+        return;
+    }
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_getfield(L, -1, "moonwire");
+    lua_getfield(L, -1, "_http");
+    lua_getfield(L, t, "handler");
+    push_request(S, c, req, t, lua_istable(L, top + 2) ? top + 2 : 0, 0);
+    lua_pushlstring(L, c->msg ? (const char *)c->msg : "", c->msg_len);
+    lua_setfield(L, -2, "body");
+    mw__ws_push(S, c);
+    mw__lua_run(S, c, 3, MW_CO_HTTP);
+    lua_settop(L, top);
 }
 
 /* Appends "Name: value\r\n" for each pair of the table at idx, checking
@@ -413,9 +463,54 @@ static int l_subscribers(lua_State *L)
     return 1;
 }
 
+/* moonwire.core.respond(conn, status, headers, body) -> true | nil, err */
+static int l_respond(lua_State *L)
+{
+    mw_conn_t *c = mw__ws_check(L, 1);
+    lua_Integer status = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, status >= 200 && status <= 599, 2, "status must be from 200 to 599");
+    size_t blen;
+    const char *body = luaL_checklstring(L, 4, &blen);
+    luaL_Buffer B;
+    luaL_buffinit(L, &B);
+    add_headers(L, 3, &B);
+    luaL_pushresult(&B);
+    size_t hlen;
+    const char *hdrs = lua_tolstring(L, -1, &hlen);
+    if (!c || mw__conn_http_respond(c, (int)status, hdrs, hlen, body, blen) != MW_OK) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* moonwire.core.realpath(dir) -> absolute path of a directory | nil, err */
+static int l_realpath(lua_State *L)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    char real[PATH_MAX];
+    struct stat st;
+    if (!realpath(dir, real) || stat(real, &st) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, strerror(errno));
+        return 2;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "not a directory");
+        return 2;
+    }
+    lua_pushstring(L, real);
+    return 1;
+}
+
 void mw__routes_register(lua_State *L, mw_lua_t *S)
 {
-    static const luaL_Reg fns[] = {{"accept", l_accept},
+    static const luaL_Reg fns[] = {{"respond", l_respond},
+                                   {"realpath", l_realpath},
+                                   {"accept", l_accept},
                                    {"refuse", l_refuse},
                                    {"publish", l_publish},
                                    {"subscribers", l_subscribers},

@@ -57,7 +57,7 @@ static void co_destroy(mw_lua_t *S, mw_co_t *k)
  * connection with 1011 (DESIGN.md principle 8). */
 static void handler_error(mw_lua_t *S, mw_co_t *k, const char *msg)
 {
-    static const char *const kinds[] = {"handler", "on_close", "upgrade hook"};
+    static const char *const kinds[] = {"handler", "on_close", "upgrade hook", "http handler"};
     mw_conn_t *c = k->conn;
     if (!msg)
         msg = "(error is not a string)";
@@ -71,8 +71,9 @@ static void handler_error(mw_lua_t *S, mw_co_t *k, const char *msg)
         mw__conn_http_error(c, 500, NULL, "the upgrade hook failed");
 }
 
-/* The call on k ended (finished or failed): give k back or drop it. */
-static void co_finish(mw_lua_t *S, mw_co_t *k, int reusable)
+/* The call on k ended (finished, or failed when `failed`): give k back or
+ * drop it, and finish what the call was for. */
+static void co_finish(mw_lua_t *S, mw_co_t *k, int reusable, int failed)
 {
     mw_conn_t *c = k->conn;
     int kind = k->kind;
@@ -89,8 +90,12 @@ static void co_finish(mw_lua_t *S, mw_co_t *k, int reusable)
     if (c) {
         /* After on_close, or after an upgrade that did not open the
          * connection (refused, timed out), nothing will use its ws again. */
-        if (kind == MW_CO_CLOSE || (kind == MW_CO_UPGRADE && !c->opened))
+        if (kind == MW_CO_CLOSE || (kind == MW_CO_UPGRADE && !c->opened) || kind == MW_CO_HTTP)
             mw__ws_finalize(S, c);
+        /* A plain request is answered (500 after an error, 204 when the
+         * handler sent nothing), then the next one may be read. */
+        if (kind == MW_CO_HTTP)
+            mw__conn_http_done(c, failed ? 500 : 204);
         mw__conn_release(c);
     }
 }
@@ -106,9 +111,10 @@ static int co_resume(mw_lua_t *S, mw_co_t *k, int nargs)
     S->running = prev;
     if (st == LUA_YIELD) {
         if (lua_gettop(k->co) >= 1 && lua_touserdata(k->co, 1) == &done_key) {
-            if (!lua_toboolean(k->co, 2))
+            int failed = !lua_toboolean(k->co, 2);
+            if (failed)
                 handler_error(S, k, lua_tostring(k->co, 3));
-            co_finish(S, k, 1);
+            co_finish(S, k, 1, failed);
             return 0;
         }
         if (k->waiting) {
@@ -124,13 +130,13 @@ static int co_resume(mw_lua_t *S, mw_co_t *k, int nargs)
         handler_error(S, k,
                       "a handler yielded outside a moonwire call (coroutine.yield in a "
                       "handler suspends it forever; use moonwire.sleep)");
-        co_finish(S, k, 0);
+        co_finish(S, k, 0, 1);
         return 0;
     }
     /* The body catches every error, so this is an error in the error
      * handler itself or memory exhaustion. */
     handler_error(S, k, lua_tostring(k->co, -1));
-    co_finish(S, k, 0);
+    co_finish(S, k, 0, 1);
     return 0;
 }
 
@@ -165,13 +171,14 @@ static void sleep_done(struct ev_loop *loop, ev_timer *t, int revents)
     mw_lua_t *S = k->S;
     co_unlink_busy(S, k);
     mw_conn_t *c = k->conn;
+    int kind = k->kind;
     if (c)
         mw__conn_retain(c);
     lua_settop(k->co, 0);
     int suspended = co_resume(S, k, 0);
     if (c) {
-        /* The connection's suspended call ended: its waiting events run. */
-        if (!suspended)
+        /* A WebSocket's suspended call ended: its waiting events run. */
+        if (!suspended && (kind == MW_CO_HANDLER || kind == MW_CO_CLOSE))
             mw__conn_handler_done(c);
         mw__conn_release(c);
     }

@@ -183,6 +183,7 @@ void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
     NUM_OPT("max_connections", max_connections, size_t);
     NUM_OPT("max_buffered", max_buffered, size_t);
     NUM_OPT("max_inbox_bytes", max_inbox_bytes, size_t);
+    NUM_OPT("max_body_size", max_body_size, size_t);
 #undef NUM_OPT
     lua_getfield(L, -1, "listen");
     if (lua_isstring(L, -1)) {

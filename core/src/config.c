@@ -19,6 +19,7 @@ void mw__config_defaults(mw_config_t *cfg)
     cfg->max_connections = 10000;
     cfg->max_buffered = 4u << 20;
     cfg->max_inbox_bytes = 1u << 20;
+    cfg->max_body_size = 1u << 20;
 }
 
 const char *mw__config_check(const mw_config_t *cfg)

@@ -21,6 +21,7 @@ typedef struct mw_config {
     size_t max_connections;    /* open connections per worker */
     size_t max_buffered;       /* bytes queued for writing per connection */
     size_t max_inbox_bytes;    /* bytes of messages waiting for a busy handler */
+    size_t max_body_size;      /* bytes of a plain HTTP request body */
 } mw_config_t;
 
 #define MW_DEFAULT_PORT 8080

@@ -187,6 +187,16 @@ void mw__conn_flush(mw_conn_t *c)
     struct iovec iov[64];
     while (c->out.bytes > 0 && c->state != MW_CONN_DEAD) {
         int n = mw__outq_iov(&c->out, iov, 64);
+        if (n == 0) {
+            /* The next bytes are in a file (a static response). */
+            if (mw__outq_fill(&w->pool, &c->out) < 0) {
+                mw_warn("conn %llu: reading a static file failed: %s", (unsigned long long)c->id,
+                        strerror(errno));
+                mw__conn_teardown(c, MW_WS_CLOSE_ABNORMAL, NULL);
+                return;
+            }
+            continue;
+        }
         ssize_t k = c->tp->writev(c, iov, n);
         if (k < 0) {
             if (errno == EINTR)
@@ -253,7 +263,10 @@ size_t mw__conn_process(mw_conn_t *c, uint8_t *buf, size_t len)
     case MW_CONN_OPEN:
     case MW_CONN_CLOSING:
         return mw__conn_ws_input(c, buf, len);
+    case MW_CONN_HTTP_BODY:
+        return mw__conn_http_body(c, buf, len);
     case MW_CONN_UPGRADING:
+    case MW_CONN_REQUEST:
         return 0; /* held until the app decides */
     default:
         return len; /* nothing more is read once we are closing the socket */
@@ -276,6 +289,12 @@ static void keep_rest(mw_conn_t *c, const uint8_t *buf, size_t off, size_t len)
 static void on_readable(mw_conn_t *c)
 {
     mw_worker_t *w = c->w;
+    if (c->in_len + 4096 > w->rbuf_cap) {
+        /* Held input this large means the app is behind: let it catch up
+         * before reading more (it resumes through mw__conn_resume_input). */
+        mw__conn_set_reading(c, 0);
+        return;
+    }
     /* Carried-over bytes go in front of the fresh ones, so the parsers
      * always see one contiguous buffer. The read buffer holds the largest
      * carry-over (a request head up to max_header_bytes) plus 64 KiB. */
@@ -313,6 +332,16 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
     if ((revents & EV_READ) && c->state != MW_CONN_DEAD && !c->paused)
         on_readable(c);
     mw__conn_release(c);
+}
+
+void mw__conn_input_due(mw_conn_t *c)
+{
+    if (c->input_due || c->state == MW_CONN_DEAD)
+        return;
+    mw__conn_retain(c); /* the list's reference */
+    c->input_due = 1;
+    c->input_next = c->w->input_head;
+    c->w->input_head = c;
 }
 
 void mw__conn_resume_input(mw_conn_t *c)

@@ -21,6 +21,8 @@
 enum mw_conn_state {
     MW_CONN_HTTP = 0,   /* reading the upgrade request */
     MW_CONN_UPGRADING,  /* the app is deciding on the upgrade (reading paused) */
+    MW_CONN_HTTP_BODY,  /* reading a plain request's body */
+    MW_CONN_REQUEST,    /* the app is answering a plain request (reading paused) */
     MW_CONN_OPEN,       /* WebSocket open */
     MW_CONN_CLOSING,    /* we sent a close frame and wait for the peer's */
     MW_CONN_FLUSHCLOSE, /* writing what is queued, then closing the socket */
@@ -63,6 +65,10 @@ struct mw_conn {
     uint8_t close_received : 1;
     uint8_t fin_sent : 1;  /* our side is shut down; waiting for the peer's EOF */
     uint8_t above_low : 1; /* the queue went above the route's low-water mark */
+    uint8_t keepalive : 1; /* plain HTTP: another request may follow this one */
+    uint8_t responded : 1; /* plain HTTP: the response to this request is queued */
+    uint8_t head_only : 1; /* plain HTTP: a HEAD request (no body in the response) */
+    uint8_t input_due : 1; /* on the worker's list of held input to parse */
     uint8_t tl_list;       /* MW_TL_* list this connection is on */
     uint8_t in_idle;       /* on the idle list */
     uint16_t close_code;   /* reported to on_close */
@@ -84,6 +90,7 @@ struct mw_conn {
     union {
         mw_http_parser_t http;
         mw_ws_parser_t ws;
+        uint64_t body_left; /* MW_CONN_HTTP_BODY: request body bytes still to come */
     } p;
 
     /* Timer lists (see worker.h). */
@@ -93,6 +100,7 @@ struct mw_conn {
     double il_stamp;
 
     mw_conn_t *flush_next;
+    mw_conn_t *input_next;
     mw_conn_t *all_prev, *all_next;
 
     mw_inbox_ev_t *inbox_head, *inbox_tail;
@@ -126,6 +134,10 @@ void mw__conn_want_flush(mw_conn_t *c);
 void mw__conn_flush(mw_conn_t *c);
 /* Starts or stops reading (inbox backpressure). */
 void mw__conn_set_reading(mw_conn_t *c, int on);
+/* Schedules mw__conn_resume_input for the next flush pass, so input held
+ * back for a busy app is parsed from the loop, never from deep inside the
+ * app's own call (a long pipeline must not become a deep recursion). */
+void mw__conn_input_due(mw_conn_t *c);
 /* Resumes reading and parsing input held back while the inbox was full. */
 void mw__conn_resume_input(mw_conn_t *c);
 /* Input handling for the current state; returns bytes consumed. */
@@ -133,11 +145,25 @@ size_t mw__conn_process(mw_conn_t *c, uint8_t *buf, size_t len);
 
 /* --- HTTP upgrade (conn_http.c) --- */
 size_t mw__conn_http_input(mw_conn_t *c, uint8_t *buf, size_t len);
+size_t mw__conn_http_body(mw_conn_t *c, uint8_t *buf, size_t len);
 /* Writes a complete error response and closes after flushing it. The body
  * is "STATUS REASON: why" (or without ": why" when why is NULL). Extra
  * header lines are "Name: value\r\n"... or NULL. No-op unless c is still in
  * its HTTP phase. */
 void mw__conn_http_error(mw_conn_t *c, int status, const char *extra_headers, const char *why);
+/* Queues the response to the plain request c is answering: status line,
+ * the caller's header lines (hdrs[0..hlen), "Name: value\r\n"...),
+ * Content-Length and Connection, then body (omitted for HEAD). Returns
+ * MW_OK, or MW_EINVAL when this request was answered already. */
+int mw__conn_http_respond(mw_conn_t *c, int status, const char *hdrs, size_t hlen, const void *body,
+                          size_t blen);
+/* The same with the body read from fd (owned: closed when sent or dropped). */
+int mw__conn_http_respond_file(mw_conn_t *c, int status, const char *hdrs, size_t hlen, int fd,
+                               uint64_t size);
+/* The app is done with the plain request c was answering (MW_CONN_REQUEST):
+ * answers `status` with a short text body if it did not respond, then reads
+ * the next request of a keep-alive connection or closes. */
+void mw__conn_http_done(mw_conn_t *c, int status);
 /* The same with a body of the caller's (copied). */
 void mw__conn_http_refuse(mw_conn_t *c, int status, const char *extra_headers, const char *body,
                           size_t blen);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "conn.h"
 #include "log.h"
@@ -14,8 +15,10 @@
 void mw__conn_http_refuse(mw_conn_t *c, int status, const char *extra_headers, const char *body,
                           size_t blen)
 {
-    if (c->state != MW_CONN_HTTP && c->state != MW_CONN_UPGRADING)
+    if (c->state != MW_CONN_HTTP && c->state != MW_CONN_UPGRADING &&
+        c->state != MW_CONN_HTTP_BODY && !(c->state == MW_CONN_REQUEST && !c->responded))
         return;
+    c->responded = 1;
     char head[1024];
     const char *reason = mw__http_reason(status);
     const char *extra = extra_headers ? extra_headers : "";
@@ -108,6 +111,172 @@ int mw__conn_upgrade_accept(mw_conn_t *c, int route, const char *protocol,
     return MW_OK;
 }
 
+/* --- plain HTTP requests (RFC 9112) ------------------------------------------ */
+
+/* Hands the complete request (head in c->head, body in c->msg) to the app
+ * and holds everything after it (pipelined requests) until it is answered. */
+static void dispatch(mw_conn_t *c)
+{
+    mw_worker_t *w = c->w;
+    mw_http_request_t req;
+    c->state = MW_CONN_REQUEST;
+    c->responded = 0;
+    mw__conn_set_reading(c, 0);
+    if (!reparse_head(c, &req)) {
+        mw__conn_http_error(c, 400, NULL, NULL);
+        return;
+    }
+    mw__conn_retain(c);
+    w->ops->http_request(w->ops_ud, c, &req);
+    mw__conn_release(c);
+}
+
+/* A plain request's head was parsed from the front of the input; rest[0..n)
+ * follows it. Decides keep-alive, starts reading the body, and dispatches
+ * once the body is complete. Returns the bytes of rest it consumed. */
+static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const uint8_t *rest,
+                            size_t n)
+{
+    mw_worker_t *w = c->w;
+    /* RFC 9112 9.3: HTTP/1.1 stays open unless "close"; 1.0 closes unless
+     * "keep-alive". */
+    const mw_http_header_t *conn_hdr = mw__http_header_find(req, "connection");
+    if (req->version_minor >= 1)
+        c->keepalive = !(conn_hdr && mw__http_list_has(conn_hdr->value, "close"));
+    else
+        c->keepalive = conn_hdr && mw__http_list_has(conn_hdr->value, "keep-alive");
+    c->head_only = mw__slice_ieq(req->method, "HEAD");
+
+    uint64_t body = 0;
+    const mw_http_header_t *cl = mw__http_header_find(req, "content-length");
+    if (cl) {
+        /* The parser checked it is 1-18 digits. */
+        for (size_t i = 0; i < cl->value.n; i++)
+            body = body * 10 + (uint64_t)(cl->value.p[i] - '0');
+    }
+    if (body > w->cfg.max_body_size) {
+        mw__conn_http_error(c, 413, NULL, "request body larger than max_body_size");
+        return n;
+    }
+    free(c->msg);
+    c->msg = NULL;
+    c->msg_len = c->msg_cap = 0;
+    if (body > 0) {
+        c->msg = mw__xmalloc((size_t)body);
+        c->msg_cap = (size_t)body;
+    }
+    size_t take = n < body ? n : (size_t)body;
+    if (take)
+        memcpy(c->msg, rest, take);
+    c->msg_len = take;
+    if (take < body) {
+        c->state = MW_CONN_HTTP_BODY;
+        c->p.body_left = body - take;
+        return take;
+    }
+    /* Complete: what follows (a pipelined request) waits in the carry-over. */
+    if (take < n) {
+        c->in = mw__xmalloc(n - take);
+        memcpy(c->in, rest + take, n - take);
+        c->in_len = (uint32_t)(n - take);
+    }
+    dispatch(c);
+    return n;
+}
+
+size_t mw__conn_http_body(mw_conn_t *c, uint8_t *buf, size_t len)
+{
+    size_t take = len < c->p.body_left ? len : (size_t)c->p.body_left;
+    memcpy(c->msg + c->msg_len, buf, take);
+    c->msg_len += take;
+    c->p.body_left -= take;
+    if (c->p.body_left > 0)
+        return take;
+    if (take < len) {
+        c->in = mw__xmalloc(len - take);
+        memcpy(c->in, buf + take, len - take);
+        c->in_len = (uint32_t)(len - take);
+    }
+    dispatch(c);
+    return len;
+}
+
+/* Queues a response head for a body of blen bytes; returns 1 when the body
+ * must follow (not HEAD, not a status without content). */
+static int respond_head(mw_conn_t *c, int status, const char *hdrs, size_t hlen, uint64_t blen)
+{
+    char line[256];
+    /* 1xx, 204 and 304 carry no body and no Content-Length of one (RFC 9110 8.6). */
+    int bodiless = status < 200 || status == 204 || status == 304;
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, mw__http_reason(status));
+    mw__outq_append2(&c->w->pool, &c->out, line, (size_t)n, hdrs, hlen);
+    if (bodiless)
+        n = snprintf(line, sizeof line, "Connection: %s\r\n\r\n",
+                     c->keepalive ? "keep-alive" : "close");
+    else
+        n = snprintf(line, sizeof line, "Content-Length: %llu\r\nConnection: %s\r\n\r\n",
+                     (unsigned long long)blen, c->keepalive ? "keep-alive" : "close");
+    mw__outq_append2(&c->w->pool, &c->out, line, (size_t)n, NULL, 0);
+    c->responded = 1;
+    mw__conn_want_flush(c);
+    return !bodiless && !c->head_only;
+}
+
+int mw__conn_http_respond(mw_conn_t *c, int status, const char *hdrs, size_t hlen, const void *body,
+                          size_t blen)
+{
+    if (c->state != MW_CONN_REQUEST || c->responded)
+        return MW_EINVAL;
+    if (respond_head(c, status, hdrs, hlen, blen) && blen)
+        mw__outq_append2(&c->w->pool, &c->out, body, blen, NULL, 0);
+    return MW_OK;
+}
+
+int mw__conn_http_respond_file(mw_conn_t *c, int status, const char *hdrs, size_t hlen, int fd,
+                               uint64_t size)
+{
+    if (c->state != MW_CONN_REQUEST || c->responded) {
+        close(fd);
+        return MW_EINVAL;
+    }
+    if (respond_head(c, status, hdrs, hlen, size) && size)
+        mw__outq_append_file(&c->w->pool, &c->out, fd, 0, size);
+    else
+        close(fd);
+    return MW_OK;
+}
+
+void mw__conn_http_done(mw_conn_t *c, int status)
+{
+    if (c->state != MW_CONN_REQUEST)
+        return;
+    if (!c->responded) {
+        char body[128];
+        int n = snprintf(body, sizeof body, "%d %s\n", status, mw__http_reason(status));
+        static const char type[] = "Content-Type: text/plain; charset=utf-8\r\n";
+        mw__conn_http_respond(c, status, type, sizeof type - 1, body, (size_t)n);
+    }
+    free(c->msg);
+    c->msg = NULL;
+    c->msg_len = c->msg_cap = 0;
+    free(c->head);
+    c->head = NULL;
+    c->head_len = 0;
+    if (!c->keepalive) {
+        c->state = MW_CONN_FLUSHCLOSE;
+        mw__tl_move(c, MW_TL_CLOSING);
+        mw__conn_set_reading(c, 1);
+        mw__conn_want_flush(c);
+        return;
+    }
+    /* Keep-alive: the next request has handshake_timeout to arrive, and a
+     * pipelined one may be waiting already. */
+    c->state = MW_CONN_HTTP;
+    memset(&c->p.http, 0, sizeof c->p.http);
+    mw__tl_move(c, MW_TL_HANDSHAKE);
+    mw__conn_input_due(c);
+}
+
 /* True when the request asks for a WebSocket (an Upgrade header naming it);
  * such a request is then held to every rule of RFC 6455 4.2.1. */
 static int wants_websocket(const mw_http_request_t *req)
@@ -144,15 +313,8 @@ size_t mw__conn_http_input(mw_conn_t *c, uint8_t *buf, size_t len)
     memcpy(c->head, buf, (size_t)r);
     c->head_len = (uint32_t)r;
 
-    if (!wants_websocket(&req)) {
-        /* No route serves plain HTTP yet: a WebSocket path asks for the
-         * upgrade (426), any other is unknown (404). */
-        c->state = MW_CONN_UPGRADING;
-        mw__conn_retain(c);
-        w->ops->http_request(w->ops_ud, c, &req);
-        mw__conn_release(c);
-        return len;
-    }
+    if (!wants_websocket(&req))
+        return (size_t)r + plain_request(c, &req, buf + r, len - (size_t)r);
 
     /* A WebSocket upgrade has no body; a request that announces one is
      * ambiguous about where the frames begin (RFC 9112 6.3). */

@@ -1,5 +1,7 @@
 /* Output queue and chunk pool (see outq.h). */
+#include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "log.h"
@@ -58,6 +60,12 @@ static mw_chunk_t *chunk_get(mw_chunk_pool_t *pool, size_t need)
 
 static void chunk_put(mw_chunk_pool_t *pool, mw_chunk_t *c)
 {
+    if (c->cap == MW_CHUNK_FILE) {
+        mw_file_src_t *f = (mw_file_src_t *)(void *)c->data;
+        close(f->fd);
+        free(c);
+        return;
+    }
     if (c->ref) {
         mw__rbuf_release(c->ref);
         c->ref = NULL;
@@ -88,7 +96,7 @@ static void append_bytes(mw_chunk_pool_t *pool, mw_outq_t *q, const uint8_t *p, 
 {
     while (n > 0) {
         mw_chunk_t *t = q->tail;
-        if (!t || t->ref || t->end == t->cap) {
+        if (!t || t->ref || t->cap == MW_CHUNK_FILE || t->end == t->cap) {
             /* A large remainder gets one exact-size chunk instead of many. */
             t = chunk_get(pool, n > MW_CHUNK_SIZE ? n : MW_CHUNK_SIZE);
             link_tail(q, t);
@@ -128,10 +136,66 @@ void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b)
     q->bytes += b->len;
 }
 
+void mw__outq_append_file(mw_chunk_pool_t *pool, mw_outq_t *q, int fd, uint64_t off, uint64_t len)
+{
+    (void)pool;
+    mw_chunk_t *c = mw__xmalloc(sizeof *c + sizeof(mw_file_src_t));
+    c->next = NULL;
+    c->ref = NULL;
+    c->start = c->end = 0;
+    c->cap = MW_CHUNK_FILE;
+    mw_file_src_t *f = (mw_file_src_t *)(void *)c->data;
+    f->fd = fd;
+    f->off = off;
+    f->left = len;
+    link_tail(q, c);
+    q->bytes += len;
+}
+
+long mw__outq_fill(mw_chunk_pool_t *pool, mw_outq_t *q)
+{
+    mw_chunk_t *prev = NULL, *c = q->head;
+    while (c && c->cap != MW_CHUNK_FILE && c->end == c->start) {
+        prev = c;
+        c = c->next;
+    }
+    if (!c || c->cap != MW_CHUNK_FILE)
+        return 0;
+    mw_file_src_t *f = (mw_file_src_t *)(void *)c->data;
+    if (f->left == 0)
+        return 0;
+    mw_chunk_t *d = chunk_get(pool, MW_CHUNK_SIZE);
+    size_t want = f->left < d->cap ? (size_t)f->left : d->cap;
+    ssize_t n = pread(f->fd, d->data, want, (off_t)f->off);
+    if (n <= 0) {
+        chunk_put(pool, d);
+        if (n == 0)
+            errno = EIO; /* the file shrank under us */
+        return -1;
+    }
+    d->end = (uint32_t)n;
+    f->off += (uint64_t)n;
+    f->left -= (uint64_t)n;
+    /* The data chunk goes in front of the file chunk; an emptied file chunk
+     * is dropped at once (closing the file). */
+    d->next = c;
+    if (prev)
+        prev->next = d;
+    else
+        q->head = d;
+    if (f->left == 0) {
+        d->next = c->next;
+        if (q->tail == c)
+            q->tail = d;
+        chunk_put(pool, c);
+    }
+    return (long)n;
+}
+
 int mw__outq_iov(const mw_outq_t *q, struct iovec *iov, int max)
 {
     int n = 0;
-    for (mw_chunk_t *c = q->head; c && n < max; c = c->next) {
+    for (mw_chunk_t *c = q->head; c && n < max && c->cap != MW_CHUNK_FILE; c = c->next) {
         uint8_t *base = c->ref ? c->ref->data : c->data;
         if (c->end == c->start)
             continue;
@@ -147,6 +211,10 @@ void mw__outq_consume(mw_chunk_pool_t *pool, mw_outq_t *q, size_t n)
     q->bytes -= n;
     while (q->head) {
         mw_chunk_t *c = q->head;
+        /* Written bytes always come from memory chunks; a file chunk is only
+         * ever emptied by mw__outq_fill. */
+        if (c->cap == MW_CHUNK_FILE)
+            return;
         size_t avail = c->end - c->start;
         if (n < avail) {
             c->start += (uint32_t)n;

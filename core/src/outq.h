@@ -20,6 +20,16 @@ typedef struct mw_rbuf {
     uint8_t data[];
 } mw_rbuf_t;
 
+/* A chunk whose bytes are still in a file: read (pread) into a data chunk
+ * only when it reaches the head of the queue, so a large file costs one
+ * chunk of memory at a time and is read as fast as the peer takes it. */
+typedef struct mw_file_src {
+    int fd; /* owned: closed when the chunk is consumed or dropped */
+    uint64_t off, left;
+} mw_file_src_t;
+
+#define MW_CHUNK_FILE UINT32_MAX /* cap of a file chunk */
+
 /* Returns an owned buffer of len bytes with refs = 1, contents copied from data
  * when data is not NULL. */
 mw_rbuf_t *mw__rbuf_new(const void *data, size_t len);
@@ -64,7 +74,16 @@ void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size
 /* Queues the bytes of b (retained; the caller keeps its reference). */
 void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b);
 
-/* Fills up to max iovecs with the queued bytes, in order. Returns the count. */
+/* Queues len bytes of fd from off; takes ownership of fd. */
+void mw__outq_append_file(mw_chunk_pool_t *pool, mw_outq_t *q, int fd, uint64_t off, uint64_t len);
+
+/* When the first unsent bytes are in a file, reads up to one chunk of them
+ * into memory so mw__outq_iov can return them. Returns the bytes read, 0 if
+ * there was nothing to read, -1 on a read error (errno set). */
+long mw__outq_fill(mw_chunk_pool_t *pool, mw_outq_t *q);
+
+/* Fills up to max iovecs with the queued bytes, in order, stopping at a
+ * file chunk (see mw__outq_fill). Returns the count. */
 int mw__outq_iov(const mw_outq_t *q, struct iovec *iov, int max);
 
 /* Drops the first n bytes (n <= q->bytes), returning emptied chunks. */

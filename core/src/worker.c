@@ -20,7 +20,7 @@
 
 static void handshake_expired(mw_conn_t *c)
 {
-    if (c->state == MW_CONN_HTTP || c->state == MW_CONN_UPGRADING)
+    if (c->state == MW_CONN_HTTP || c->state == MW_CONN_UPGRADING || c->state == MW_CONN_HTTP_BODY)
         mw__conn_http_error(c, 408, NULL, "the upgrade request did not arrive in time");
 }
 
@@ -72,6 +72,16 @@ static void flush_pass(struct ev_loop *loop, ev_prepare *p, int revents)
     (void)loop;
     (void)revents;
     mw_worker_t *w = (mw_worker_t *)((char *)p - offsetof(mw_worker_t, flush_prep));
+    /* Held input first (pipelined requests after an answer): parsing it
+     * may queue more writes, which this same pass then flushes. */
+    while (w->input_head) {
+        mw_conn_t *c = w->input_head;
+        w->input_head = c->input_next;
+        c->input_next = NULL;
+        c->input_due = 0;
+        mw__conn_resume_input(c);
+        mw__conn_release(c);
+    }
     while (w->flush_head) {
         mw_conn_t *c = w->flush_head;
         w->flush_head = c->flush_next;

@@ -37,8 +37,9 @@ typedef struct mw_app_ops {
      * matches). Returns nothing: the connection waits in MW_CONN_UPGRADING
      * until one is called. */
     void (*upgrade)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
-    /* A request that is not a WebSocket upgrade. The app answers it with
-     * mw__conn_http_refuse / mw__conn_http_error. */
+    /* A plain (not WebSocket) request, with its body in c->msg[0..msg_len).
+     * The app answers it, now or later, with mw__conn_http_respond and then
+     * mw__conn_http_done (or refuses it with mw__conn_http_error). */
     void (*http_request)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
     int (*on_open)(void *ud, mw_conn_t *c);
     int (*on_message)(void *ud, mw_conn_t *c, const uint8_t *data, size_t len, int binary);
@@ -80,6 +81,7 @@ struct mw_worker {
     mw_chunk_pool_t pool;
 
     mw_conn_t *flush_head; /* connections with corked writes */
+    mw_conn_t *input_head; /* connections with held input to parse (mw__conn_input_due) */
     mw_conn_t *all_head;   /* every connection, for shutdown */
     size_t nconns;
     uint64_t next_id;

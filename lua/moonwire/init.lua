@@ -51,6 +51,7 @@ local APP_OPTIONS = {
   max_connections = "count",
   max_buffered = "bytes",
   max_inbox_bytes = "bytes",
+  max_body_size = "bytes",
 }
 
 local ROUTE_OPTIONS = {
@@ -175,6 +176,7 @@ function M.app(opts)
     ws_paths = {},    -- exact path -> route index
     ws_patterns = {}, -- routes with :params, in the order they were added
     timers = {},      -- timers made while the app file loads, started with the server
+    http_routes = {}, -- plain HTTP routes: { method, path, segs | prefix + root, handler }
   }, App)
 end
 
@@ -255,6 +257,156 @@ function App:_match(path)
     end
   end
   return nil
+end
+
+local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, PATCH = true,
+  OPTIONS = true }
+
+--- Adds a plain HTTP route: fn(req, res) runs in a coroutine like every
+-- handler. `path` is exact or has :params, as for websocket routes.
+function App:route(method, path, fn)
+  if type(method) ~= "string" or not METHODS[method:upper()] then
+    error("HTTP method must be one of GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS; got "
+      .. tostring(method), 2)
+  end
+  if type(path) ~= "string" or path:sub(1, 1) ~= "/" or path:find("[?#%s]") then
+    error("HTTP route path must be a string starting with '/' without '?', '#' or spaces, got "
+      .. tostring(path), 2)
+  end
+  if type(fn) ~= "function" then
+    error("HTTP route handler must be a function(req, res), got " .. type(fn), 2)
+  end
+  method = method:upper()
+  for _, r in ipairs(self.http_routes) do
+    if r.method == method and r.path == path then
+      error("HTTP route " .. method .. " " .. path .. " is defined twice", 2)
+    end
+  end
+  local segs, err = compile_path(path)
+  if err then error("HTTP route '" .. path .. "': " .. err, 2) end
+  self.http_routes[#self.http_routes + 1] = { method = method, path = path, segs = segs, handler = fn }
+  return self
+end
+
+for _, m in ipairs { "get", "post", "put", "delete", "patch", "head", "options" } do
+  App[m] = function(self, path, fn)
+    if getmetatable(self) ~= App then error("use app:" .. m .. "(path, fn), with a colon", 2) end
+    local ok, err = pcall(App.route, self, m, path, fn)
+    if not ok then error(err, 2) end
+    return self
+  end
+end
+
+--- Serves the files under dir (relative to the app file, or absolute) at
+-- prefix: GET and HEAD, with content types, Last-Modified and ETag.
+function App:static(prefix, dir)
+  if type(prefix) ~= "string" or prefix:sub(1, 1) ~= "/" then
+    error("static prefix must be a string starting with '/', got " .. tostring(prefix), 2)
+  end
+  if type(dir) ~= "string" then error("static dir must be a string, got " .. type(dir), 2) end
+  local base = debug.getinfo(2, "S").source
+  if dir:sub(1, 1) ~= "/" and base:sub(1, 1) == "@" then
+    local appdir = base:sub(2):match("^(.*)/[^/]*$") or "."
+    dir = appdir .. "/" .. dir
+  end
+  local root, err = core.realpath(dir)
+  if not root then error("static dir '" .. dir .. "': " .. err, 2) end
+  if prefix:sub(-1) ~= "/" then prefix = prefix .. "/" end
+  self.http_routes[#self.http_routes + 1] = { method = "GET", prefix = prefix, root = root,
+    path = prefix }
+  return self
+end
+
+-- Does route r serve path? Returns true and the params (or the path below a
+-- static prefix).
+local function http_match(r, path, parts)
+  if r.prefix then
+    if path:sub(1, #r.prefix) == r.prefix then return true, path:sub(#r.prefix + 1) end
+    if path .. "/" == r.prefix then return true, "" end
+    return false
+  end
+  if not r.segs then return r.path == path end
+  local segs = r.segs
+  if #segs ~= #parts then return false end
+  local params = {}
+  for i = 1, #segs do
+    local want, got = segs[i], parts[i]
+    if type(want) == "table" then
+      if got == "" then return false end
+      params[want.param] = unescape(got)
+    elseif want ~= got then
+      return false
+    end
+  end
+  return true, params
+end
+
+--- Finds the HTTP route for method and path: returns its index and params;
+-- or nil and the Allow list when the path exists for other methods (405).
+function App:_match_http(method, path)
+  local parts = {}
+  for seg in path:gmatch("/([^/]*)") do parts[#parts + 1] = seg end
+  local allow, get_index, get_params = {}, nil, nil
+  for i, r in ipairs(self.http_routes) do
+    local ok, params = http_match(r, path, parts)
+    if ok then
+      if r.method == method then return i, params end
+      if r.method == "GET" and not get_index then get_index, get_params = i, params end
+      allow[#allow + 1] = r.method
+    end
+  end
+  -- HEAD is GET without the body (RFC 9110 9.3.2).
+  if method == "HEAD" and get_index then return get_index, get_params end
+  if #allow == 0 then return nil end
+  local seen, list = {}, {}
+  for _, m in ipairs(allow) do
+    if not seen[m] then seen[m] = true; list[#list + 1] = m end
+    if m == "GET" and not seen.HEAD then seen.HEAD = true; list[#list + 1] = "HEAD" end
+  end
+  return nil, concat(list, ", ")
+end
+
+local Response = {}
+Response.__index = Response
+Response.__name = "moonwire.response"
+
+--- res:status(code): sets the status of the response (default 200).
+function Response:status(code)
+  if type(code) ~= "number" or code < 200 or code > 599 or floor(code) ~= code then
+    error("res:status(code): code must be a whole number from 200 to 599", 2)
+  end
+  self._status = code
+  return self
+end
+
+--- res:header(name, value): sets a response header.
+function Response:header(name, value)
+  if type(name) ~= "string" or type(value) ~= "string" then
+    error("res:header(name, value): both must be strings", 2)
+  end
+  self._headers[name] = value
+  return self
+end
+
+--- res:send([status,] body): sends the response; once per request.
+function Response:send(a, b)
+  local status, body = self._status or 200, a
+  if type(a) == "number" then status, body = a, b end
+  body = body or ""
+  if type(body) ~= "string" then error("res:send: body must be a string, got " .. type(body), 2) end
+  if self.sent then error("res:send: this response was sent already", 2) end
+  self.sent = true
+  local h = self._headers
+  local has_type = false
+  for k in pairs(h) do if k:lower() == "content-type" then has_type = true end end
+  if not has_type then h["Content-Type"] = "text/plain; charset=utf-8" end
+  return core.respond(self._conn, status, h, body)
+end
+
+-- Runs a plain HTTP handler (inside a handler coroutine) with a response object.
+function M._http(handler, req, conn)
+  local res = setmetatable({ _conn = conn, _headers = {}, sent = false }, Response)
+  handler(req, res)
 end
 
 --- Publishes a message to every connection subscribed to topic; returns how
