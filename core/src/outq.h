@@ -44,7 +44,8 @@ typedef struct mw_chunk {
     mw_rbuf_t *ref; /* when set, the bytes are ref->data[start..end) */
     uint32_t start; /* first byte not yet written */
     uint32_t end;   /* end of valid bytes */
-    uint32_t cap;   /* capacity of data[] (0 for ref chunks) */
+    uint32_t cap;   /* capacity of data[] (0 for ref chunks, MW_CHUNK_FILE for files) */
+    uint32_t pad;   /* keeps data[] 8-byte aligned (a file chunk stores a struct there) */
     uint8_t data[];
 } mw_chunk_t;
 
