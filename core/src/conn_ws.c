@@ -50,13 +50,16 @@ static void record_close(mw_conn_t *c, uint16_t code, const char *reason, size_t
     }
 }
 
-/* Would queueing n more bytes put c past max_buffered? A queue that is
- * empty always takes one message, however large (up to max_message_size),
- * so the bound is on the backlog of a peer that does not keep up, not on
- * message size. */
+/* Would queueing n more bytes put c past max_buffered? The bound is on the
+ * backlog of a peer that does not keep up, not on message size: the queue
+ * may hold max_buffered bytes beyond one message of up to the route's
+ * max_message_size that is being written (so a 16 MiB echo, and the pong or
+ * next message behind it, is fine when the client reads), and an empty
+ * queue always takes one message. */
 static int over_limit(const mw_conn_t *c, size_t n)
 {
-    return c->out.bytes > 0 && c->out.bytes + n > c->w->cfg.max_buffered;
+    return c->out.bytes > 0 &&
+           c->out.bytes + n > c->w->cfg.max_buffered + c->p.ws.max_message_size;
 }
 
 /* A peer this far behind on reading would grow our memory without bound
