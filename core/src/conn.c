@@ -370,12 +370,10 @@ void mw__conn_resume_input(mw_conn_t *c)
 
 int mw__conn_peer(const mw_conn_t *c, char *buf, size_t len)
 {
-    if (c->peer.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&c->peer;
-        inet_ntop(AF_INET6, &s6->sin6_addr, buf, (socklen_t)len);
-        return ntohs(s6->sin6_port);
+    if (c->peer.sa.sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &c->peer.v6.sin6_addr, buf, (socklen_t)len);
+        return ntohs(c->peer.v6.sin6_port);
     }
-    const struct sockaddr_in *s4 = (const struct sockaddr_in *)&c->peer;
-    inet_ntop(AF_INET, &s4->sin_addr, buf, (socklen_t)len);
-    return ntohs(s4->sin_port);
+    inet_ntop(AF_INET, &c->peer.v4.sin_addr, buf, (socklen_t)len);
+    return ntohs(c->peer.v4.sin_port);
 }

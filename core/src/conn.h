@@ -111,7 +111,13 @@ struct mw_conn {
     char *head; /* copy of the upgrade request head, for the app; owned */
     uint32_t head_len;
 
-    struct sockaddr_storage peer;
+    /* The peer's address: IPv4 or IPv6 only (a sockaddr_storage would cost
+     * 100 bytes more on every connection). */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in v4;
+        struct sockaddr_in6 v6;
+    } peer;
     int app_ref; /* the app's handle (a Lua registry ref), managed by core/bind */
 };
 
