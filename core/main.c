@@ -257,8 +257,9 @@ int main(int argc, char **argv)
     ev_signal_start(main_loop, &sig_term);
     ev_signal_start(main_loop, &sig_int);
 
-    mw_info("moonwire %s serving %s; listening on %s:%d", MW_VERSION_STRING, app_path,
-            strchr(cfg.listen_host, ':') ? "[ipv6]" : cfg.listen_host, mw__worker_port(&w));
+    int v6 = strchr(cfg.listen_host, ':') != NULL;
+    mw__log_always(MW_LOG_INFO, "moonwire %s serving %s; listening on %s%s%s:%d", MW_VERSION_STRING,
+                   app_path, v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "", mw__worker_port(&w));
     ev_run(main_loop, 0);
 
     mw__worker_stop(&w);

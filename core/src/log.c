@@ -30,10 +30,8 @@ int mw__log_parse_level(const char *name)
     return -1;
 }
 
-void mw__log(int level, const char *fmt, ...)
+static void vlog(int level, const char *fmt, va_list ap)
 {
-    if (level < log_level || level < 0 || level >= MW_LOG_OFF)
-        return;
     char line[2048];
     struct timeval tv;
     struct tm tm;
@@ -42,10 +40,7 @@ void mw__log(int level, const char *fmt, ...)
     int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %-5s ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      (int)(tv.tv_usec / 1000), level_names[level]);
-    va_list ap;
-    va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
-    va_end(ap);
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof line - 2)
         len = sizeof line - 2;
@@ -53,6 +48,26 @@ void mw__log(int level, const char *fmt, ...)
     /* One write per line, so lines from several threads never interleave. */
     fwrite(line, 1, len, stderr);
     fflush(stderr);
+}
+
+void mw__log(int level, const char *fmt, ...)
+{
+    if (level < log_level || level < 0 || level >= MW_LOG_OFF)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(level, fmt, ap);
+    va_end(ap);
+}
+
+void mw__log_always(int level, const char *fmt, ...)
+{
+    if (level < 0 || level >= MW_LOG_OFF)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(level, fmt, ap);
+    va_end(ap);
 }
 
 static void out_of_memory(size_t n)

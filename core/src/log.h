@@ -21,6 +21,9 @@ int mw__log_parse_level(const char *name);
 #endif
 
 void mw__log(int level, const char *fmt, ...) MW_PRINTF(2, 3);
+/* Logs whatever the level filter says: for the few lines a supervisor or a
+ * test reads (where the server listens). */
+void mw__log_always(int level, const char *fmt, ...) MW_PRINTF(2, 3);
 
 #define mw_debug(...)                           \
     do {                                        \
