@@ -112,6 +112,14 @@ int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
     lua_pushcclosure(L, mw__luaopen_core, 1);
     lua_setfield(L, -2, "moonwire.core");
     lua_pop(L, 2);
+    /* Load the core module now so it can carry the app's path (for error
+     * messages that have no line to point at). */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moonwire.core");
+    lua_call(L, 1, 1);
+    lua_pushstring(L, app_path);
+    lua_setfield(L, -2, "app_path");
+    lua_pop(L, 1);
     mw__ws_register(L);
     if (mw__sched_init(S) != 0) {
         snprintf(err, errlen, "internal error: scheduler: %s", lua_tostring(L, -1));

@@ -10,6 +10,27 @@ local type, pairs, ipairs, setmetatable = type, pairs, ipairs, setmetatable
 local tostring, select, concat = tostring, select, table.concat
 local floor = math.floor
 
+local lua_error, getinfo = error, debug.getinfo
+local THIS_FILE = getinfo(1, "S").source
+
+-- Misuse raises at the app author's own line: the first calling frame, from
+-- `level` up, that is Lua code outside this module. When the app file ends
+-- in a tail call (`return moonwire.app{...}`) Lua keeps no frame for it,
+-- and the message names the app file instead.
+local function error(msg, level) -- luacheck: ignore 431
+  level = level or 1
+  if level == 0 then return lua_error(msg, 0) end
+  for l = level + 1, level + 10 do
+    local info = getinfo(l, "Sl")
+    if not info then break end
+    if info.what ~= "C" and info.source ~= THIS_FILE and (info.currentline or 0) > 0 then
+      return lua_error(info.short_src .. ":" .. info.currentline .. ": " .. msg, 0)
+    end
+  end
+  local app = core.app_path
+  return lua_error((app and app .. ": " or "") .. msg, 0)
+end
+
 local M = {
   _VERSION = core.version,
   sleep = core.sleep,
