@@ -17,12 +17,14 @@ enum { MW_CO_HANDLER = 0, MW_CO_CLOSE, MW_CO_UPGRADE, MW_CO_HTTP };
  * time; only a call that suspends keeps it away from the pool. */
 struct mw_co {
     lua_State *co;
-    int ref;         /* registry ref that keeps the thread alive */
-    int fresh;       /* the body has not been started yet */
-    int waiting;     /* set by a moonwire call that yields (sleep) */
-    int kind;        /* MW_CO_HANDLER, MW_CO_CLOSE (finalize after), MW_CO_UPGRADE */
-    mw_conn_t *conn; /* the connection whose handler runs here (retained), or NULL */
-    ev_timer timer;  /* wakes a sleeping call */
+    int ref;                    /* registry ref that keeps the thread alive */
+    int fresh;                  /* the body has not been started yet */
+    int waiting;                /* set by a moonwire call that yields (sleep) */
+    int kind;                   /* MW_CO_HANDLER, MW_CO_CLOSE (finalize after), MW_CO_UPGRADE */
+    mw_conn_t *conn;            /* the connection whose handler runs here (retained), or NULL */
+    ev_timer timer;             /* wakes a sleeping call */
+    void (*on_done)(void *arg); /* called when a suspended call ends (timers) */
+    void *done_arg;
     struct mw_lua *S;
     mw_co_t *next; /* pool or busy list */
     mw_co_t *prev;
@@ -37,6 +39,7 @@ typedef struct mw_lua {
     int body_ref;               /* the coroutine body (trampoline) */
     int force_max_message_size; /* --max-message-size overrides every route */
     mw_co_t *running;           /* the coroutine now running, or NULL */
+    mw_co_t *suspended;         /* the call mw__lua_run last left suspended */
     mw_co_t *pool;              /* idle coroutines */
     size_t npool;
     mw_co_t *busy;      /* suspended coroutines */

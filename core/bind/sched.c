@@ -77,8 +77,12 @@ static void co_finish(mw_lua_t *S, mw_co_t *k, int reusable, int failed)
 {
     mw_conn_t *c = k->conn;
     int kind = k->kind;
+    void (*on_done)(void *) = k->on_done;
     k->conn = NULL;
     k->kind = MW_CO_HANDLER;
+    k->on_done = NULL;
+    if (on_done)
+        on_done(k->done_arg);
     if (reusable && S->npool < MW_CO_POOL_MAX) {
         lua_settop(k->co, 0);
         k->next = S->pool;
@@ -118,6 +122,7 @@ static int co_resume(mw_lua_t *S, mw_co_t *k, int nargs)
             return 0;
         }
         if (k->waiting) {
+            S->suspended = k;
             k->next = S->busy;
             k->prev = NULL;
             if (S->busy)

@@ -20,6 +20,7 @@ typedef struct mw_timer {
     mw_lua_t *S;
     int fn_ref;   /* the function to run */
     int self_ref; /* keeps the userdata alive while armed */
+    int run_ref;  /* keeps it alive while a run of it is suspended */
     double after, repeat;
     int started;
     struct mw_timer *prev, *next; /* S->timers: every armed timer */
@@ -50,16 +51,36 @@ static void timer_disarm(mw_timer_t *tm)
     tm->fn_ref = tm->self_ref = LUA_NOREF;
 }
 
+static void run_done(void *arg)
+{
+    mw_timer_t *tm = arg;
+    int ref = tm->run_ref;
+    tm->run_ref = LUA_NOREF;
+    luaL_unref(tm->S->L, LUA_REGISTRYINDEX, ref); /* tm may be collected after this */
+}
+
 static void timer_fire(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
     mw_timer_t *tm = (mw_timer_t *)((char *)t - offsetof(mw_timer_t, t));
     mw_lua_t *S = tm->S;
+    /* A repeating timer whose last run still sleeps skips this tick rather
+     * than piling up runs that would all wake together. */
+    if (tm->run_ref != LUA_NOREF) {
+        mw_debug("timer tick skipped: the previous run is still suspended");
+        return;
+    }
     lua_rawgeti(S->L, LUA_REGISTRYINDEX, tm->fn_ref);
-    if (tm->repeat <= 0)
+    int repeating = tm->repeat > 0;
+    if (!repeating)
         timer_disarm(tm); /* one-shot: the coroutine holds fn from here on */
-    mw__lua_run(S, NULL, 0, MW_CO_HANDLER);
+    if (mw__lua_run(S, NULL, 0, MW_CO_HANDLER) && repeating) {
+        lua_rawgeti(S->L, LUA_REGISTRYINDEX, tm->self_ref);
+        tm->run_ref = luaL_ref(S->L, LUA_REGISTRYINDEX);
+        S->suspended->on_done = run_done;
+        S->suspended->done_arg = tm;
+    }
 }
 
 static void timer_start(mw_timer_t *tm)
@@ -80,6 +101,7 @@ static int l_timer(lua_State *L)
     mw_timer_t *tm = lua_newuserdata(L, sizeof *tm);
     memset(tm, 0, sizeof *tm);
     tm->S = S;
+    tm->run_ref = LUA_NOREF;
     tm->after = s;
     tm->repeat = repeating ? s : 0;
     luaL_getmetatable(L, TIMER_MT);

@@ -102,6 +102,35 @@ void mw__conn_release(mw_conn_t *c)
     free(c);
 }
 
+void mw__conn_deliver_close(mw_conn_t *c)
+{
+    mw_worker_t *w = c->w;
+    if (!c->opened || c->close_owed_delivered)
+        return;
+    c->close_owed_delivered = 1;
+    const char *r = c->close_reason ? c->close_reason : "";
+    size_t rl = strlen(r);
+    if (c->busy || c->inbox_head) {
+        /* After the messages that wait for a busy handler: on_close is last. */
+        mw_inbox_ev_t *e = mw__xmalloc(sizeof *e + rl + 1);
+        e->next = NULL;
+        e->kind = MW_INBOX_CLOSE;
+        e->binary = 0;
+        e->code = c->close_code;
+        e->len = rl;
+        memcpy(e->data, r, rl + 1);
+        if (c->inbox_tail)
+            c->inbox_tail->next = e;
+        else
+            c->inbox_head = e;
+        c->inbox_tail = e;
+        return;
+    }
+    mw__conn_retain(c);
+    w->ops->on_close(w->ops_ud, c, c->close_code, r, rl);
+    mw__conn_release(c);
+}
+
 void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason)
 {
     mw_worker_t *w = c->w;
@@ -131,27 +160,7 @@ void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason)
         free(c->close_reason);
         c->close_reason = reason && *reason ? strdup(reason) : NULL;
     }
-    if (c->opened && !c->close_owed_delivered) {
-        c->close_owed_delivered = 1;
-        const char *r = c->close_reason ? c->close_reason : "";
-        if (c->busy || c->inbox_head) {
-            size_t rl = strlen(r);
-            mw_inbox_ev_t *e = mw__xmalloc(sizeof *e + rl + 1);
-            e->next = NULL;
-            e->kind = MW_INBOX_CLOSE;
-            e->binary = 0;
-            e->code = c->close_code;
-            e->len = rl;
-            memcpy(e->data, r, rl + 1);
-            if (c->inbox_tail)
-                c->inbox_tail->next = e;
-            else
-                c->inbox_head = e;
-            c->inbox_tail = e;
-        } else {
-            w->ops->on_close(w->ops_ud, c, c->close_code, r, strlen(r));
-        }
-    }
+    mw__conn_deliver_close(c);
     mw__conn_release(c); /* the transport's reference */
     mw__conn_release(c);
 }

@@ -63,18 +63,19 @@ struct mw_conn {
     uint8_t writing : 1;              /* EV_WRITE armed */
     uint8_t close_sent : 1;
     uint8_t close_received : 1;
-    uint8_t fin_sent : 1;  /* our side is shut down; waiting for the peer's EOF */
-    uint8_t above_low : 1; /* the queue went above the route's low-water mark */
-    uint8_t keepalive : 1; /* plain HTTP: another request may follow this one */
-    uint8_t responded : 1; /* plain HTTP: the response to this request is queued */
-    uint8_t head_only : 1; /* plain HTTP: a HEAD request (no body in the response) */
-    uint8_t input_due : 1; /* on the worker's list of held input to parse */
-    uint8_t tl_list;       /* MW_TL_* list this connection is on */
-    uint8_t in_idle;       /* on the idle list */
-    uint16_t close_code;   /* reported to on_close */
-    int route;             /* the app's route index */
-    uint32_t dropped;      /* sends skipped by the "drop" slow-consumer policy */
-    struct mw_sub *subs;   /* this connection's topic subscriptions */
+    uint8_t fin_sent : 1;     /* our side is shut down; waiting for the peer's EOF */
+    uint8_t above_low : 1;    /* the queue went above the route's low-water mark */
+    uint8_t keepalive : 1;    /* plain HTTP: another request may follow this one */
+    uint8_t responded : 1;    /* plain HTTP: the response to this request is queued */
+    uint8_t head_only : 1;    /* plain HTTP: a HEAD request (no body in the response) */
+    uint8_t input_due : 1;    /* on the worker's list of held input to parse */
+    uint8_t drain_queued : 1; /* an on_drain waits in the inbox */
+    uint8_t tl_list;          /* MW_TL_* list this connection is on */
+    uint8_t in_idle;          /* on the idle list */
+    uint16_t close_code;      /* reported to on_close */
+    int route;                /* the app's route index */
+    uint32_t dropped;         /* sends skipped by the "drop" slow-consumer policy */
+    struct mw_sub *subs;      /* this connection's topic subscriptions */
 
     /* Unparsed input carried over between reads (a partial frame header or
      * control frame, or a partial HTTP head); NULL when empty. */
@@ -133,6 +134,11 @@ void mw__conn_release(mw_conn_t *c);
  * connection, on_close is delivered (or queued behind a busy handler) with
  * the recorded close code, or with `code` if none was recorded. */
 void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason);
+
+/* Delivers on_close (or queues it behind a busy handler) with the recorded
+ * close code, once: as soon as the close handshake is complete or the
+ * connection failed, without waiting for the TCP connection to end. */
+void mw__conn_deliver_close(mw_conn_t *c);
 
 /* Marks c for a flush before the loop sleeps. */
 void mw__conn_want_flush(mw_conn_t *c);

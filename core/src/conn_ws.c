@@ -160,6 +160,7 @@ static void fail(mw_conn_t *c, uint16_t code, const char *why)
     c->state = MW_CONN_FLUSHCLOSE;
     mw__tl_move(c, MW_TL_CLOSING);
     mw__idle_remove(c);
+    mw__conn_deliver_close(c);
 }
 
 static void inbox_push(mw_conn_t *c, int kind, int binary, uint16_t code, const uint8_t *data,
@@ -262,6 +263,7 @@ static void on_control(mw_conn_t *c, const mw_ws_event_t *ev)
         /* Our close was answered: the handshake is complete. */
         c->state = MW_CONN_FLUSHCLOSE;
         mw__conn_want_flush(c);
+        mw__conn_deliver_close(c);
         return;
     }
     /* The peer started the close: echo its code (RFC 6455 5.5.1) and
@@ -276,6 +278,7 @@ static void on_control(mw_conn_t *c, const mw_ws_event_t *ev)
     c->state = MW_CONN_FLUSHCLOSE;
     mw__tl_move(c, MW_TL_CLOSING);
     mw__idle_remove(c);
+    mw__conn_deliver_close(c);
 }
 
 size_t mw__conn_ws_input(mw_conn_t *c, uint8_t *buf, size_t len)
@@ -317,7 +320,10 @@ void mw__conn_drained(mw_conn_t *c)
     if (!c->busy && !c->inbox_head) {
         if (w->ops->on_drain(w->ops_ud, c))
             c->busy = 1;
-    } else {
+    } else if (!c->drain_queued) {
+        /* One waiting on_drain is enough: it is checked again when its turn
+         * comes (see mw__conn_handler_done). */
+        c->drain_queued = 1;
         inbox_push(c, MW_INBOX_DRAIN, 0, 0, NULL, 0);
     }
     mw__conn_release(c);
@@ -337,9 +343,18 @@ void mw__conn_handler_done(mw_conn_t *c)
         int suspended;
         if (e->kind == MW_INBOX_MESSAGE)
             suspended = w->ops->on_message(w->ops_ud, c, e->data, e->len, e->binary);
-        else if (e->kind == MW_INBOX_DRAIN)
-            suspended = w->ops->on_drain(w->ops_ud, c);
-        else
+        else if (e->kind == MW_INBOX_DRAIN) {
+            /* Only if the queue is still below the mark: otherwise the next
+             * drain will come when it gets there. */
+            c->drain_queued = 0;
+            suspended = 0;
+            if (c->state == MW_CONN_OPEN) {
+                if (c->out.bytes < w->routes[c->route].low_water_mark)
+                    suspended = w->ops->on_drain(w->ops_ud, c);
+                else
+                    c->above_low = 1;
+            }
+        } else
             suspended = w->ops->on_close(w->ops_ud, c, e->code, (const char *)e->data, e->len);
         free(e);
         if (suspended)

@@ -478,7 +478,16 @@ function M._upgrade(hook, req, ws)
   local r1, r2, r3 = hook(req)
   if r1 == nil or r1 == true or type(r1) == "table" then
     if type(r1) == "table" then ws.data = r1 end
-    return core.accept(ws, req.protocol, req.response_headers)
+    local p = req.protocol
+    if p ~= nil then
+      local offered = false
+      for _, o in ipairs(req.protocols) do offered = offered or o == p end
+      if not offered then
+        error("the upgrade hook of route '" .. req.route .. "' set req.protocol to '" .. tostring(p)
+          .. "', which the client did not offer (offered: " .. concat(req.protocols, ", ") .. ")", 0)
+      end
+    end
+    return core.accept(ws, p, req.response_headers)
   elseif r1 == false or type(r1) == "number" then
     return core.refuse(ws, r1 == false and 403 or r1, r2, r3)
   end
