@@ -164,10 +164,17 @@ describe("handshake", function()
       c:close_tcp()
     end)
 
-    it("accepts unrelated extra headers (Origin, User-Agent, Cookie)", function()
-      local c, res, err = try("/probe", { headers = { Origin = "http://example.com", ["User-Agent"] = "spec",
+    it("accepts unrelated extra headers (a same-origin Origin, User-Agent, Cookie)", function()
+      local origin = "http://127.0.0.1" -- the Host the test client sends
+      local c, res, err = try("/probe", { headers = { Origin = origin, ["User-Agent"] = "spec",
                                                       Cookie = "a=b" } })
       assert(ws.check_101(res), err)
+      c:close_tcp()
+    end)
+
+    it("refuses a cross-origin browser request with 403 (the default origin policy)", function()
+      local c, res = try("/probe", { headers = { Origin = "http://example.com" } })
+      assert.are.equal(403, res.status)
       c:close_tcp()
     end)
 

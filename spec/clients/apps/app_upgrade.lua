@@ -33,7 +33,8 @@ app:websocket("/refuse401", {
 app:websocket("/refuse_body", {
   upgrade = function(req)
     note(req)
-    return 429, "slow down, " .. tostring(req.query.who), { ["Retry-After"] = "7", ["X-Why"] = "rate-limited" }
+    return 429, "slow down, " .. tostring(req.query.who),
+      { ["Retry-After"] = "7", ["X-Why"] = "rate-limited" }
   end,
 })
 
