@@ -58,8 +58,7 @@ static void record_close(mw_conn_t *c, uint16_t code, const char *reason, size_t
  * queue always takes one message. */
 static int over_limit(const mw_conn_t *c, size_t n)
 {
-    return c->out.bytes > 0 &&
-           c->out.bytes + n > c->w->cfg.max_buffered + c->p.ws.max_message_size;
+    return c->out.bytes > 0 && c->out.bytes + n > c->w->cfg.max_buffered + c->p.ws.max_message_size;
 }
 
 /* A peer this far behind on reading would grow our memory without bound
