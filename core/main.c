@@ -8,16 +8,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
+#include "admin_client.h"
 #include "bind.h"
 #include "config.h"
 #include "log.h"
 #include "moonwire/moonwire.h"
+#include "watch.h"
 #include "worker.h"
 
 static const char usage[] =
     "usage: moonwire APP.lua [options]\n"
+    "       moonwire reload [--admin HOST:PORT]   reload a running server's app\n"
     "\n"
-    "Serves the app that APP.lua returns (see README.md).\n"
+    "Serves the app that APP.lua returns (see README.md). SIGHUP reloads the app;\n"
+    "`moonwire reload` does it through the admin listener and tells whether it worked\n"
+    "(default --admin 127.0.0.1:9090).\n"
     "\n"
     "options (each overrides the app's own option of the same name):\n"
     "  --listen HOST:PORT          address to listen on (default 127.0.0.1:8080; port 0 picks "
@@ -35,6 +41,9 @@ static const char usage[] =
     "  --max-inbox-bytes BYTES     most bytes waiting for one busy handler (default 1048576)\n"
     "  --max-body-size BYTES       largest plain HTTP request body (default 1048576)\n"
     "  --log-level LEVEL           debug, info, warn or error (default info)\n"
+    "  --watch                     reload the app when a .lua file in its directory changes\n"
+    "  --admin HOST:PORT           admin listener: POST /reload, GET /status (off by default;\n"
+    "                              keep it on a loopback address)\n"
     "  -h, --help                  show this help\n"
     "  -v, --version               show the version\n";
 
@@ -62,7 +71,7 @@ static int parse_number(const char *s, int allow_fraction, double *out)
 
 typedef struct flag {
     const char *name;
-    int kind; /* 0 seconds, 1 whole number, 2 listen, 3 log level */
+    int kind; /* 0 seconds, 1 whole number, 2 HOST:PORT, 3 log level, 4 switch (no value) */
     int set;
     double value;
     const char *str;
@@ -83,6 +92,8 @@ enum {
     F_MAXINBOX,
     F_MAXBODY,
     F_LOG,
+    F_ADMIN,
+    F_WATCH,
     F_COUNT
 };
 
@@ -106,7 +117,72 @@ static int apply_listen(mw_config_t *cfg, const char *v)
     return 0;
 }
 
+/* Splits HOST:PORT ([v6]:port too) into host (capacity hcap) and *port. */
+static int split_hostport(const char *v, char *host, size_t hcap, int *port)
+{
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v)
+        return -1;
+    double p;
+    if (parse_number(colon + 1, 0, &p) != 0 || p > 65535)
+        return -1;
+    const char *h = v;
+    size_t hlen = (size_t)(colon - v);
+    if (h[0] == '[' && hlen >= 2 && h[hlen - 1] == ']') {
+        h++;
+        hlen -= 2;
+    }
+    if (hlen >= hcap)
+        return -1;
+    memcpy(host, h, hlen);
+    host[hlen] = 0;
+    *port = (int)p;
+    return 0;
+}
+
+/* `moonwire reload [--admin HOST:PORT]` */
+static int reload_command(int argc, char **argv)
+{
+    const char *addr = "127.0.0.1:9090";
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc)
+            addr = argv[++i];
+        else if (strncmp(argv[i], "--admin=", 8) == 0)
+            addr = argv[i] + 8;
+        else
+            return fail(
+                "reload: unknown argument '%s'%s; usage: moonwire reload [--admin HOST:PORT]",
+                argv[i], "");
+    }
+    char host[256], body[4096];
+    int port, status = 0;
+    if (split_hostport(addr, host, sizeof host, &port) != 0)
+        return fail("reload: --admin '%s' is not HOST:PORT%s", addr, "");
+    if (mw__admin_request(host, port, "POST", "/reload", body, sizeof body, &status) != 0) {
+        fprintf(stderr, "moonwire reload: %s\n", body);
+        return 1;
+    }
+    fputs(body, status == 200 ? stdout : stderr);
+    return status == 200 ? 0 : 1;
+}
+
 static struct ev_loop *main_loop;
+static mw_lua_t *main_lua;
+
+static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    char err[1024];
+    mw__app_reload(main_lua, "SIGHUP", err, sizeof err);
+}
+
+static void on_watch(void *ud)
+{
+    char err[1024];
+    mw__app_reload(ud, "--watch", err, sizeof err);
+}
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -132,8 +208,12 @@ int main(int argc, char **argv)
         [F_MAXINBOX] = {"--max-inbox-bytes", 1, 0, 0, NULL},
         [F_MAXBODY] = {"--max-body-size", 1, 0, 0, NULL},
         [F_LOG] = {"--log-level", 3, 0, 0, NULL},
+        [F_ADMIN] = {"--admin", 2, 0, 0, NULL},
+        [F_WATCH] = {"--watch", 4, 0, 0, NULL},
     };
     const char *app_path = NULL;
+    if (argc >= 2 && strcmp(argv[1], "reload") == 0)
+        return reload_command(argc, argv);
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -166,6 +246,12 @@ int main(int argc, char **argv)
                 f = &flags[k];
         if (!f)
             return fail("unknown option '%s'%s (see moonwire --help)", name, "");
+        if (f->kind == 4) {
+            if (eq)
+                return fail("option %s takes no value%s", name, "");
+            f->set = 1;
+            continue;
+        }
         if (eq) {
             value = eq + 1;
         } else {
@@ -250,7 +336,52 @@ int main(int argc, char **argv)
         ev_loop_destroy(main_loop);
         return 1;
     }
+    main_lua = &S;
+    if (flags[F_ADMIN].set) {
+        char host[256];
+        int port;
+        if (split_hostport(flags[F_ADMIN].str, host, sizeof host, &port) != 0) {
+            fprintf(stderr, "moonwire: option --admin: '%s' is not HOST:PORT\n",
+                    flags[F_ADMIN].str);
+            mw__lua_close(&S);
+            mw__worker_stop(&w);
+            mw__worker_free(&w);
+            return 2;
+        }
+        if (mw__worker_listen_admin(&w, host, port, mw__admin_request_cb, &S, err, sizeof err) !=
+            0) {
+            fprintf(stderr, "moonwire: --admin: %s\n", err);
+            mw__worker_stop(&w);
+            mw__lua_close(&S);
+            mw__worker_free(&w);
+            return 1;
+        }
+        mw__log_always(MW_LOG_INFO, "admin listener on %s:%d (POST /reload, GET /status)", host,
+                       port);
+    }
+    mw_watch_t watch;
+    watch.fd = -1;
+    if (flags[F_WATCH].set) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", app_path);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = 0;
+        else
+            strcpy(dir, ".");
+        if (mw__watch_start(&watch, main_loop, dir, on_watch, &S, err, sizeof err) != 0) {
+            fprintf(stderr, "moonwire: %s\n", err);
+            mw__worker_stop(&w);
+            mw__lua_close(&S);
+            mw__worker_free(&w);
+            return 1;
+        }
+        mw_info("watching %s for edits", dir);
+    }
     mw__worker_start(&w);
+    ev_signal sig_hup;
+    ev_signal_init(&sig_hup, on_hup, SIGHUP);
+    ev_signal_start(main_loop, &sig_hup);
     ev_signal sig_term, sig_int;
     ev_signal_init(&sig_term, on_stop_signal, SIGTERM);
     ev_signal_init(&sig_int, on_stop_signal, SIGINT);
@@ -262,6 +393,8 @@ int main(int argc, char **argv)
                    app_path, v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "", mw__worker_port(&w));
     ev_run(main_loop, 0);
 
+    mw__watch_stop(&watch);
+    ev_signal_stop(main_loop, &sig_hup);
     mw__worker_stop(&w);
     mw__lua_close(&S);
     mw__worker_free(&w);

@@ -46,11 +46,24 @@ typedef struct mw_lua {
     mw_route_t *routes; /* the core's copy of the routes' limits (w->routes) */
     size_t nroutes;
     struct mw_timer *timers; /* every armed timer */
+    int loading;             /* a reload is running the app file: hold new timers */
+    unsigned reloads, reload_failures;
 } mw_lua_t;
 
 /* Creates the Lua state, loads the app file and keeps the app. Returns 0, or
  * -1 with one line in err naming the file (and line) and what to fix. */
 int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen);
+
+/* Runs the app file and checks it returned an app. Returns 0 with the app
+ * on the top of the stack, or -1 with one line in err (FILE:LINE: ...) and
+ * the stack as it was. */
+int mw__lua_load_app(mw_lua_t *S, char *err, size_t errlen);
+
+/* Hot reload: loads the app file and its app-local modules afresh and swaps
+ * the new app in if that worked (routes, handlers, timers); live
+ * connections keep everything else. On failure nothing changes and err
+ * holds the reason (FILE:LINE: ...). Returns 0 or -1. */
+int mw__lua_reload(mw_lua_t *S, char *err, size_t errlen);
 
 /* Applies the app's options (moonwire.app{...}) onto cfg. */
 void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg);
@@ -89,6 +102,8 @@ void mw__routes_register(lua_State *L, mw_lua_t *S);
 void mw__timer_register(lua_State *L, mw_lua_t *S);
 void mw__timer_start_pending(mw_lua_t *S);
 void mw__timer_close(mw_lua_t *S);
+/* Disarms timers made by a load that failed (never started). */
+void mw__timer_drop_pending(mw_lua_t *S);
 void mw__route_upgrade(void *ud, mw_conn_t *c, const mw_http_request_t *req);
 void mw__route_http(void *ud, mw_conn_t *c, const mw_http_request_t *req);
 int mw__luaopen_core(lua_State *L);

@@ -239,6 +239,7 @@ void mw__route_upgrade(void *ud, mw_conn_t *c, const mw_http_request_t *req)
     int index = (int)lua_tointeger(L, top + 1) - 1;
     int params = lua_istable(L, top + 2) ? top + 2 : 0;
     c->route = index;
+    c->has_route = 1;
     mw__lua_push_route(S, index);
     int t = lua_gettop(L);
     if (!origin_allowed(L, t, req)) {

@@ -130,17 +130,32 @@ int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: no such app file (give the path of an app .lua file)", app_path);
         return -1;
     }
+    if (mw__lua_load_app(S, err, errlen) != 0)
+        return -1;
+    lua_getfield(L, -1, "routes");
+    S->routes_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    S->app_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+int mw__lua_load_app(mw_lua_t *S, char *err, size_t errlen)
+{
+    lua_State *L = S->L;
+    const char *app_path = S->app_path;
+    int top = lua_gettop(L);
     lua_pushcfunction(L, traceback);
     int rc = luaL_loadfile(L, app_path);
     if (rc != 0) {
         /* The message already reads "FILE:LINE: what is wrong". */
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         first_line(err);
+        lua_settop(L, top);
         return -1;
     }
     if (lua_pcall(L, 0, 1, -2) != 0) {
         snprintf(err, errlen, "%s (while loading the app file %s)", lua_tostring(L, -1), app_path);
         first_line(err);
+        lua_settop(L, top);
         return -1;
     }
     /* The file must return an app built by moonwire.app{...}. */
@@ -155,12 +170,10 @@ int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
                  "%s: the app file must end with `return app`, where app = "
                  "require(\"moonwire\").app{...}; it returned %s",
                  app_path, luaL_typename(L, -1));
+        lua_settop(L, top);
         return -1;
     }
-    lua_getfield(L, -1, "routes");
-    S->routes_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    S->app_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1); /* traceback */
+    lua_remove(L, -2); /* traceback */
     return 0;
 }
 

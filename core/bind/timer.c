@@ -114,7 +114,9 @@ static int l_timer(lua_State *L)
     if (S->timers)
         S->timers->prev = tm;
     S->timers = tm;
-    if (S->w)
+    /* While the app file loads (at startup, or in a reload that may still
+     * fail) timers wait; they start with the server or the swap. */
+    if (S->w && !S->loading)
         timer_start(tm);
     return 1;
 }
@@ -159,6 +161,17 @@ void mw__timer_start_pending(mw_lua_t *S)
     for (mw_timer_t *tm = S->timers; tm; tm = tm->next)
         if (!tm->started)
             timer_start(tm);
+}
+
+void mw__timer_drop_pending(mw_lua_t *S)
+{
+    mw_timer_t *tm = S->timers;
+    while (tm) {
+        mw_timer_t *next = tm->next;
+        if (!tm->started)
+            timer_disarm(tm);
+        tm = next;
+    }
 }
 
 void mw__timer_close(mw_lua_t *S)

@@ -70,6 +70,8 @@ struct mw_conn {
     uint8_t head_only : 1;    /* plain HTTP: a HEAD request (no body in the response) */
     uint8_t input_due : 1;    /* on the worker's list of held input to parse */
     uint8_t drain_queued : 1; /* an on_drain waits in the inbox */
+    uint8_t has_route : 1;    /* route indexes w->routes (a WebSocket, or one being upgraded) */
+    uint8_t admin : 1;        /* accepted on the admin listener */
     uint8_t tl_list;          /* MW_TL_* list this connection is on */
     uint8_t in_idle;          /* on the idle list */
     uint16_t close_code;      /* reported to on_close */

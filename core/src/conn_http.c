@@ -127,7 +127,10 @@ static void dispatch(mw_conn_t *c)
         return;
     }
     mw__conn_retain(c);
-    w->ops->http_request(w->ops_ud, c, &req);
+    if (c->admin)
+        w->admin_request(w->admin_ud, c, &req);
+    else
+        w->ops->http_request(w->ops_ud, c, &req);
     mw__conn_release(c);
 }
 
@@ -315,6 +318,10 @@ size_t mw__conn_http_input(mw_conn_t *c, uint8_t *buf, size_t len)
 
     if (!wants_websocket(&req))
         return (size_t)r + plain_request(c, &req, buf + r, len - (size_t)r);
+    if (c->admin) {
+        mw__conn_http_error(c, 404, NULL, "the admin listener speaks plain HTTP only");
+        return len;
+    }
 
     /* A WebSocket upgrade has no body; a request that announces one is
      * ambiguous about where the frames begin (RFC 9112 6.3). */

@@ -164,6 +164,7 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
     w->ops = ops;
     w->ops_ud = ud;
     w->listen_fd = -1;
+    w->admin_fd = -1;
     w->hdrs = mw__xcalloc(cfg->max_headers, sizeof *w->hdrs);
     w->rbuf_cap = cfg->max_header_bytes + 65536;
     w->rbuf = mw__xmalloc(w->rbuf_cap);
@@ -184,19 +185,19 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
     ev_timer_init(&w->accept_pause, accept_resume, 0.1, 0.);
 }
 
-int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen)
+/* Binds and listens on host:port; returns the socket or -1 with err set. */
+static int listen_on(const char *host, int port, char *err, size_t errlen)
 {
-    char port[16];
-    snprintf(port, sizeof port, "%d", w->cfg.listen_port);
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE;
-    int rc = getaddrinfo(w->cfg.listen_host, port, &hints, &res);
+    int rc = getaddrinfo(host, portstr, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", w->cfg.listen_host, w->cfg.listen_port,
-                 gai_strerror(rc));
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, gai_strerror(rc));
         return -1;
     }
     int fd = -1, saved = 0;
@@ -215,13 +216,48 @@ int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen)
         fd = -1;
     }
     freeaddrinfo(res);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", w->cfg.listen_host, w->cfg.listen_port,
+    if (fd < 0)
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port,
                  saved == EADDRINUSE ? "address already in use" : strerror(saved));
+    return fd;
+}
+
+int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen)
+{
+    int fd = listen_on(w->cfg.listen_host, w->cfg.listen_port, err, errlen);
+    if (fd < 0)
         return -1;
-    }
     w->listen_fd = fd;
     ev_io_init(&w->accept_io, accept_cb, fd, EV_READ);
+    return 0;
+}
+
+static void admin_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    mw_worker_t *w = (mw_worker_t *)((char *)io - offsetof(mw_worker_t, admin_io));
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd = accept4(w->admin_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    mw_conn_t *c = mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
+    c->admin = 1;
+}
+
+int mw__worker_listen_admin(mw_worker_t *w, const char *host, int port,
+                            void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
+                            void *ud, char *err, size_t errlen)
+{
+    int fd = listen_on(host, port, err, errlen);
+    if (fd < 0)
+        return -1;
+    w->admin_fd = fd;
+    w->admin_request = fn;
+    w->admin_ud = ud;
+    ev_io_init(&w->admin_io, admin_accept_cb, fd, EV_READ);
+    ev_io_start(w->loop, &w->admin_io);
     return 0;
 }
 
@@ -249,6 +285,11 @@ void mw__worker_stop(mw_worker_t *w)
     if (w->listen_fd >= 0) {
         close(w->listen_fd);
         w->listen_fd = -1;
+    }
+    if (w->admin_fd >= 0) {
+        ev_io_stop(w->loop, &w->admin_io);
+        close(w->admin_fd);
+        w->admin_fd = -1;
     }
     mw_conn_t *c = w->all_head;
     while (c) {

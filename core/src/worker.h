@@ -72,6 +72,13 @@ struct mw_worker {
     const mw_app_ops_t *ops;
     void *ops_ud;
 
+    /* The admin listener (--admin): plain HTTP requests on it go to
+     * admin_request instead of the app. */
+    int admin_fd;
+    ev_io admin_io;
+    void (*admin_request)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
+    void *admin_ud;
+
     mw_http_header_t *hdrs; /* cfg.max_headers slots for the request being parsed */
     mw_route_t *routes;     /* the app's routes (owned by the app side) */
     size_t nroutes;
@@ -99,6 +106,13 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
 
 /* Binds and listens on cfg's address. Returns 0, or -1 with a message in err. */
 int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen);
+
+/* Listens on host:port for admin requests, answered by fn (which must
+ * answer with mw__conn_http_respond + mw__conn_http_done). Returns 0 or -1
+ * with a message in err. */
+int mw__worker_listen_admin(mw_worker_t *w, const char *host, int port,
+                            void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
+                            void *ud, char *err, size_t errlen);
 
 /* The port actually bound (after mw__worker_listen). */
 int mw__worker_port(const mw_worker_t *w);

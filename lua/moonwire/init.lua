@@ -468,6 +468,56 @@ function App:after(seconds, fn)
   return add_timer(self, seconds, fn, false, "after")
 end
 
+--- State that outlives hot reloads: the same table for the same name, for
+-- the life of the server process (this module is never reloaded).
+local states = {}
+function M.state(name)
+  if type(name) ~= "string" then error("moonwire.state(name): name must be a string", 2) end
+  local t = states[name]
+  if not t then
+    t = {}
+    states[name] = t
+  end
+  return t
+end
+
+-- Hot reload support (called by the core). App-local modules are those
+-- that `require` finds in the app's own directory; they load afresh with
+-- the app. Everything else (moonwire, rocks, the standard library) stays.
+local function local_path(app_dir)
+  return app_dir .. "/?.lua;" .. app_dir .. "/?/init.lua"
+end
+
+local function is_local(name, app_dir)
+  return type(name) == "string" and package.searchpath(name, local_path(app_dir)) ~= nil
+end
+
+--- Takes the app-local modules out of package.loaded; returns them.
+function M._take_local_modules(app_dir)
+  local saved = {}
+  for name, mod in pairs(package.loaded) do
+    if is_local(name, app_dir) then saved[name] = mod end
+  end
+  for name in pairs(saved) do package.loaded[name] = nil end
+  return saved
+end
+
+--- After a failed reload: drops what it loaded, puts the old modules back.
+function M._restore_local_modules(app_dir, saved)
+  local fresh = {}
+  for name in pairs(package.loaded) do
+    if is_local(name, app_dir) then fresh[#fresh + 1] = name end
+  end
+  for _, name in ipairs(fresh) do package.loaded[name] = nil end
+  for name, mod in pairs(saved) do package.loaded[name] = mod end
+end
+
+--- After a successful reload: the old app's timers stop (the new app has
+-- its own), so timers are replaced, never doubled.
+function M._retire(old_app)
+  for _, t in ipairs(old_app.timers) do t:cancel() end
+end
+
 -- Runs a route's upgrade hook (inside a handler coroutine) and turns its
 -- answer into the core's decision:
 --   nil / true        accept

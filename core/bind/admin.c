@@ -1,0 +1,72 @@
+/* The admin listener's requests (--admin HOST:PORT), for deployment
+ * scripts: POST /reload reloads the app and answers whether it worked;
+ * GET /status answers a few figures. Both answer JSON. */
+#include <stdio.h>
+#include <string.h>
+
+#include "admin.h"
+#include "log.h"
+
+/* Appends s to out as a JSON string body (without quotes). */
+static size_t json_escape(char *out, size_t cap, const char *s)
+{
+    size_t o = 0;
+    for (; *s && o + 7 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)ch;
+        } else if (ch < 0x20) {
+            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o] = 0;
+    return o;
+}
+
+static void answer(mw_conn_t *c, int status, const char *json)
+{
+    static const char type[] = "Content-Type: application/json\r\n";
+    mw__conn_http_respond(c, status, type, sizeof type - 1, json, strlen(json));
+    mw__conn_http_done(c, 500);
+}
+
+int mw__app_reload(mw_lua_t *S, const char *why, char *err, size_t errlen)
+{
+    if (mw__lua_reload(S, err, errlen) == 0) {
+        mw_info("reloaded %s (%s)", S->app_path, why);
+        return 0;
+    }
+    mw_error("reload failed (%s); still serving the previous version: %s", why, err);
+    return -1;
+}
+
+void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
+{
+    mw_lua_t *S = ud;
+    char body[2048], err[1024], esc[1100];
+    if (mw__slice_ieq(req->path, "/reload")) {
+        if (!mw__slice_ieq(req->method, "POST")) {
+            mw__conn_http_error(c, 405, "Allow: POST\r\n", "use POST /reload");
+            return;
+        }
+        if (mw__app_reload(S, "admin request", err, sizeof err) == 0) {
+            snprintf(body, sizeof body, "{\"ok\":true,\"reloads\":%u}\n", S->reloads);
+            answer(c, 200, body);
+        } else {
+            json_escape(esc, sizeof esc, err);
+            snprintf(body, sizeof body, "{\"ok\":false,\"error\":\"%s\"}\n", esc);
+            answer(c, 500, body);
+        }
+        return;
+    }
+    if (mw__slice_ieq(req->path, "/status")) {
+        snprintf(body, sizeof body, "{\"connections\":%zu,\"reloads\":%u,\"reload_failures\":%u}\n",
+                 S->w ? S->w->nconns : 0, S->reloads, S->reload_failures);
+        answer(c, 200, body);
+        return;
+    }
+    mw__conn_http_error(c, 404, NULL, "the admin listener has POST /reload and GET /status");
+}

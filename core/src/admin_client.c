@@ -1,0 +1,72 @@
+/* `moonwire reload`: asks a running server, through its admin listener,
+ * to reload its app, and reports the answer. Blocking and tiny: it is a
+ * command-line client, not part of the server loop. */
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "admin_client.h"
+
+int mw__admin_request(const char *host, int port, const char *method, const char *path, char *body,
+                      size_t bodycap, int *status)
+{
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host, portstr, &hints, &res) != 0 || !res) {
+        snprintf(body, bodycap, "cannot resolve %s", host);
+        return -1;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype, 0);
+    int rc = fd >= 0 ? connect(fd, res->ai_addr, res->ai_addrlen) : -1;
+    int saved = errno;
+    freeaddrinfo(res);
+    if (rc != 0) {
+        snprintf(body, bodycap,
+                 "no admin listener at %s:%d (%s); start the server with --admin %s:%d", host, port,
+                 strerror(saved), host, port);
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    /* A reload runs the app file; give it time, but not forever. */
+    struct timeval tv = {30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char req[512];
+    int n =
+        snprintf(req, sizeof req,
+                 "%s %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                 method, path, host, port);
+    if (write(fd, req, (size_t)n) != n) {
+        snprintf(body, bodycap, "cannot send the request: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    char buf[16384];
+    size_t got = 0;
+    for (;;) {
+        ssize_t k = read(fd, buf + got, sizeof buf - 1 - got);
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+        if (got == sizeof buf - 1)
+            break;
+    }
+    close(fd);
+    buf[got] = 0;
+    if (sscanf(buf, "HTTP/1.%*d %d", status) != 1) {
+        snprintf(body, bodycap, "no HTTP answer from %s:%d", host, port);
+        return -1;
+    }
+    const char *b = strstr(buf, "\r\n\r\n");
+    snprintf(body, bodycap, "%s", b ? b + 4 : "");
+    return 0;
+}
