@@ -42,6 +42,9 @@ static const char usage[] =
     "  --max-body-size BYTES       largest plain HTTP request body (default 1048576)\n"
     "  --log-level LEVEL           debug, info, warn or error (default info)\n"
     "  --watch                     reload the app when a .lua file in its directory changes\n"
+    "  --tls-listen HOST:PORT      also serve wss:// and https:// here (needs cert and key)\n"
+    "  --tls-cert FILE             PEM certificate chain (re-read on SIGHUP)\n"
+    "  --tls-key FILE              PEM private key\n"
     "  --admin HOST:PORT           admin listener: POST /reload, GET /status (off by default;\n"
     "                              keep it on a loopback address)\n"
     "  -h, --help                  show this help\n"
@@ -71,7 +74,7 @@ static int parse_number(const char *s, int allow_fraction, double *out)
 
 typedef struct flag {
     const char *name;
-    int kind; /* 0 seconds, 1 whole number, 2 HOST:PORT, 3 log level, 4 switch (no value) */
+    int kind; /* 0 seconds, 1 whole number, 2 HOST:PORT, 3 log level, 4 switch, 5 path */
     int set;
     double value;
     const char *str;
@@ -94,6 +97,9 @@ enum {
     F_LOG,
     F_ADMIN,
     F_WATCH,
+    F_TLS_LISTEN,
+    F_TLS_CERT,
+    F_TLS_KEY,
     F_COUNT
 };
 
@@ -210,6 +216,9 @@ int main(int argc, char **argv)
         [F_LOG] = {"--log-level", 3, 0, 0, NULL},
         [F_ADMIN] = {"--admin", 2, 0, 0, NULL},
         [F_WATCH] = {"--watch", 4, 0, 0, NULL},
+        [F_TLS_LISTEN] = {"--tls-listen", 2, 0, 0, NULL},
+        [F_TLS_CERT] = {"--tls-cert", 5, 0, 0, NULL},
+        [F_TLS_KEY] = {"--tls-key", 5, 0, 0, NULL},
     };
     const char *app_path = NULL;
     if (argc >= 2 && strcmp(argv[1], "reload") == 0)
@@ -319,6 +328,16 @@ int main(int argc, char **argv)
         cfg.max_inbox_bytes = (size_t)flags[F_MAXINBOX].value;
     if (flags[F_MAXBODY].set)
         cfg.max_body_size = (size_t)flags[F_MAXBODY].value;
+    if (flags[F_TLS_LISTEN].set &&
+        split_hostport(flags[F_TLS_LISTEN].str, cfg.tls_listen_host, sizeof cfg.tls_listen_host,
+                       &cfg.tls_listen_port) != 0) {
+        mw__lua_close(&S);
+        return fail("option --tls-listen: '%s' is not HOST:PORT%s", flags[F_TLS_LISTEN].str, "");
+    }
+    if (flags[F_TLS_CERT].set)
+        snprintf(cfg.tls_cert, sizeof cfg.tls_cert, "%s", flags[F_TLS_CERT].str);
+    if (flags[F_TLS_KEY].set)
+        snprintf(cfg.tls_key, sizeof cfg.tls_key, "%s", flags[F_TLS_KEY].str);
     const char *bad = mw__config_check(&cfg);
     if (bad) {
         mw__lua_close(&S);
@@ -336,6 +355,17 @@ int main(int argc, char **argv)
         ev_loop_destroy(main_loop);
         return 1;
     }
+    if (mw__worker_listen_tls(&w, err, sizeof err) != 0) {
+        fprintf(stderr, "moonwire: %s\n", err);
+        mw__worker_stop(&w);
+        mw__lua_close(&S);
+        mw__worker_free(&w);
+        ev_loop_destroy(main_loop);
+        return 1;
+    }
+    if (w.tls_fd >= 0)
+        mw__log_always(MW_LOG_INFO, "TLS listening on %s:%d", cfg.tls_listen_host,
+                       mw__worker_tls_port(&w));
     main_lua = &S;
     if (flags[F_ADMIN].set) {
         char host[256];

@@ -35,6 +35,10 @@ static void answer(mw_conn_t *c, int status, const char *json)
 
 int mw__app_reload(mw_lua_t *S, const char *why, char *err, size_t errlen)
 {
+    /* Certificates are re-read with the app (renewals need no restart); a
+     * bad one keeps the old context serving. */
+    if (S->w && mw__worker_reload_tls(S->w, err, errlen) != 0)
+        mw_error("reload (%s): keeping the previous TLS certificate: %s", why, err);
     if (mw__lua_reload(S, err, errlen) == 0) {
         mw_info("reloaded %s (%s)", S->app_path, why);
         return 0;

@@ -4,6 +4,7 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <lualib.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,6 +207,28 @@ void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
     NUM_OPT("max_inbox_bytes", max_inbox_bytes, size_t);
     NUM_OPT("max_body_size", max_body_size, size_t);
 #undef NUM_OPT
+    static const struct {
+        const char *name;
+        size_t off, cap;
+    } paths[] = {{"tls_cert", offsetof(mw_config_t, tls_cert), sizeof cfg->tls_cert},
+                 {"tls_key", offsetof(mw_config_t, tls_key), sizeof cfg->tls_key}};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        lua_getfield(L, -1, paths[i].name);
+        if (lua_isstring(L, -1))
+            snprintf((char *)cfg + paths[i].off, paths[i].cap, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, -1, "tls_listen");
+    if (lua_isstring(L, -1)) {
+        const char *v = lua_tostring(L, -1);
+        const char *colon = strrchr(v, ':');
+        if (colon && (size_t)(colon - v) < sizeof cfg->tls_listen_host) {
+            memcpy(cfg->tls_listen_host, v, (size_t)(colon - v));
+            cfg->tls_listen_host[colon - v] = 0;
+            cfg->tls_listen_port = atoi(colon + 1);
+        }
+    }
+    lua_pop(L, 1);
     lua_getfield(L, -1, "listen");
     if (lua_isstring(L, -1)) {
         const char *v = lua_tostring(L, -1);

@@ -42,5 +42,7 @@ const char *mw__config_check(const mw_config_t *cfg)
         return "max_message_size must be at least 1";
     if (cfg->max_buffered < 1024)
         return "max_buffered must be at least 1024";
+    if (cfg->tls_listen_host[0] && (!cfg->tls_cert[0] || !cfg->tls_key[0]))
+        return "a TLS listener (tls_listen / --tls-listen) needs tls_cert and tls_key";
     return NULL;
 }

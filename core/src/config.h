@@ -22,6 +22,10 @@ typedef struct mw_config {
     size_t max_buffered;       /* bytes queued for writing per connection */
     size_t max_inbox_bytes;    /* bytes of messages waiting for a busy handler */
     size_t max_body_size;      /* bytes of a plain HTTP request body */
+    char tls_listen_host[256]; /* TLS listener; empty: none */
+    int tls_listen_port;
+    char tls_cert[4096]; /* PEM certificate chain file */
+    char tls_key[4096];  /* PEM private key file */
 } mw_config_t;
 
 #define MW_DEFAULT_PORT 8080

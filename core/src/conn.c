@@ -12,6 +12,7 @@
 #include "conn.h"
 #include "log.h"
 #include "pubsub.h"
+#include "tls.h"
 
 /* --- plain TCP transport ------------------------------------------------ */
 
@@ -139,6 +140,7 @@ void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason)
     mw__conn_retain(c);
     c->state = MW_CONN_DEAD;
     ev_io_stop(w->loop, &c->io);
+    mw__tls_free(c);
     close(c->io.fd);
     mw__tl_move(c, MW_TL_NONE);
     mw__idle_remove(c);
@@ -181,7 +183,7 @@ void mw__conn_want_flush(mw_conn_t *c)
 
 static void update_events(mw_conn_t *c)
 {
-    int ev = (c->paused ? 0 : EV_READ) | (c->writing ? EV_WRITE : 0);
+    int ev = (c->paused ? 0 : EV_READ) | (c->writing || c->tls_want_write ? EV_WRITE : 0);
     if (ev == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io))
         return;
     ev_io_stop(c->w->loop, &c->io);
@@ -244,6 +246,7 @@ void mw__conn_flush(mw_conn_t *c)
          * EOF or close_timeout: closing with unread input would make the
          * kernel send a reset that can destroy our last bytes in flight. */
         c->fin_sent = 1;
+        mw__tls_shutdown(c);
         shutdown(c->io.fd, SHUT_WR);
         if (c->tl_list != MW_TL_CLOSING)
             mw__tl_move(c, MW_TL_CLOSING);
@@ -336,10 +339,20 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
     (void)loop;
     mw_conn_t *c = (mw_conn_t *)((char *)io - offsetof(mw_conn_t, io));
     mw__conn_retain(c);
+    int retry_read = 0;
+    if ((revents & EV_WRITE) && c->tls_want_write) {
+        /* OpenSSL wanted to write to go on reading (a handshake flight). */
+        c->tls_want_write = 0;
+        retry_read = 1;
+        update_events(c);
+    }
     if ((revents & EV_WRITE) && c->state != MW_CONN_DEAD)
         mw__conn_flush(c);
-    if ((revents & EV_READ) && c->state != MW_CONN_DEAD && !c->paused)
+    if (((revents & EV_READ) || retry_read) && c->state != MW_CONN_DEAD && !c->paused) {
         on_readable(c);
+        if (c->tls_want_write && c->state != MW_CONN_DEAD)
+            update_events(c);
+    }
     mw__conn_release(c);
 }
 

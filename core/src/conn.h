@@ -63,21 +63,23 @@ struct mw_conn {
     uint8_t writing : 1;              /* EV_WRITE armed */
     uint8_t close_sent : 1;
     uint8_t close_received : 1;
-    uint8_t fin_sent : 1;     /* our side is shut down; waiting for the peer's EOF */
-    uint8_t above_low : 1;    /* the queue went above the route's low-water mark */
-    uint8_t keepalive : 1;    /* plain HTTP: another request may follow this one */
-    uint8_t responded : 1;    /* plain HTTP: the response to this request is queued */
-    uint8_t head_only : 1;    /* plain HTTP: a HEAD request (no body in the response) */
-    uint8_t input_due : 1;    /* on the worker's list of held input to parse */
-    uint8_t drain_queued : 1; /* an on_drain waits in the inbox */
-    uint8_t has_route : 1;    /* route indexes w->routes (a WebSocket, or one being upgraded) */
-    uint8_t admin : 1;        /* accepted on the admin listener */
-    uint8_t tl_list;          /* MW_TL_* list this connection is on */
-    uint8_t in_idle;          /* on the idle list */
-    uint16_t close_code;      /* reported to on_close */
-    int route;                /* the app's route index */
-    uint32_t dropped;         /* sends skipped by the "drop" slow-consumer policy */
-    struct mw_sub *subs;      /* this connection's topic subscriptions */
+    uint8_t fin_sent : 1;       /* our side is shut down; waiting for the peer's EOF */
+    uint8_t above_low : 1;      /* the queue went above the route's low-water mark */
+    uint8_t keepalive : 1;      /* plain HTTP: another request may follow this one */
+    uint8_t responded : 1;      /* plain HTTP: the response to this request is queued */
+    uint8_t head_only : 1;      /* plain HTTP: a HEAD request (no body in the response) */
+    uint8_t input_due : 1;      /* on the worker's list of held input to parse */
+    uint8_t drain_queued : 1;   /* an on_drain waits in the inbox */
+    uint8_t has_route : 1;      /* route indexes w->routes (a WebSocket, or one being upgraded) */
+    uint8_t admin : 1;          /* accepted on the admin listener */
+    uint8_t tls_want_write : 1; /* OpenSSL must write before it can read on */
+    uint8_t tls_failed : 1;     /* a TLS error: no close_notify may be sent */
+    uint8_t tl_list;            /* MW_TL_* list this connection is on */
+    uint8_t in_idle;            /* on the idle list */
+    uint16_t close_code;        /* reported to on_close */
+    int route;                  /* the app's route index */
+    uint32_t dropped;           /* sends skipped by the "drop" slow-consumer policy */
+    struct mw_sub *subs;        /* this connection's topic subscriptions */
 
     /* Unparsed input carried over between reads (a partial frame header or
      * control frame, or a partial HTTP head); NULL when empty. */
@@ -121,7 +123,9 @@ struct mw_conn {
         struct sockaddr_in v4;
         struct sockaddr_in6 v6;
     } peer;
-    int app_ref; /* the app's handle (a Lua registry ref), managed by core/bind */
+    int app_ref;          /* the app's handle (a Lua registry ref), managed by core/bind */
+    struct ssl_st *ssl;   /* TLS state, or NULL on a plain connection */
+    uint32_t tls_pending; /* length of an SSL_write that must be retried */
 };
 
 /* --- lifecycle (conn.c) --- */

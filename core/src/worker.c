@@ -15,6 +15,7 @@
 #include "conn.h"
 #include "log.h"
 #include "pubsub.h"
+#include "tls.h"
 
 /* --- timeouts --------------------------------------------------------------- */
 
@@ -165,6 +166,7 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
     w->ops_ud = ud;
     w->listen_fd = -1;
     w->admin_fd = -1;
+    w->tls_fd = -1;
     w->hdrs = mw__xcalloc(cfg->max_headers, sizeof *w->hdrs);
     w->rbuf_cap = cfg->max_header_bytes + 65536;
     w->rbuf = mw__xmalloc(w->rbuf_cap);
@@ -232,6 +234,73 @@ int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen)
     return 0;
 }
 
+static void tls_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    mw_worker_t *w = (mw_worker_t *)((char *)io - offsetof(mw_worker_t, tls_io));
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(w->tls_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        if (w->nconns >= w->cfg.max_connections) {
+            /* No TLS yet: a plain refusal would be noise to a TLS client. */
+            mw_warn("refusing a TLS connection: max_connections (%zu) reached",
+                    w->cfg.max_connections);
+            close(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        mw_conn_t *c = mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
+        mw__tls_attach(c, w->tls_ctx);
+    }
+}
+
+int mw__worker_listen_tls(mw_worker_t *w, char *err, size_t errlen)
+{
+    if (!w->cfg.tls_listen_host[0])
+        return 0;
+    w->tls_ctx = mw__tls_ctx_new(w->cfg.tls_cert, w->cfg.tls_key, err, errlen);
+    if (!w->tls_ctx)
+        return -1;
+    int fd = listen_on(w->cfg.tls_listen_host, w->cfg.tls_listen_port, err, errlen);
+    if (fd < 0)
+        return -1;
+    w->tls_fd = fd;
+    w->tls_wbuf_cap = 65536;
+    w->tls_wbuf = mw__xmalloc(w->tls_wbuf_cap);
+    ev_io_init(&w->tls_io, tls_accept_cb, fd, EV_READ);
+    ev_io_start(w->loop, &w->tls_io);
+    return 0;
+}
+
+int mw__worker_reload_tls(mw_worker_t *w, char *err, size_t errlen)
+{
+    if (!w->tls_ctx)
+        return 0;
+    SSL_CTX *ctx = mw__tls_ctx_new(w->cfg.tls_cert, w->cfg.tls_key, err, errlen);
+    if (!ctx)
+        return -1;
+    /* Live connections hold references to the old context. */
+    SSL_CTX_free(w->tls_ctx);
+    w->tls_ctx = ctx;
+    return 0;
+}
+
+int mw__worker_tls_port(const mw_worker_t *w)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (w->tls_fd < 0 || getsockname(w->tls_fd, (struct sockaddr *)&ss, &sl) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
 static void admin_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop;
@@ -291,6 +360,11 @@ void mw__worker_stop(mw_worker_t *w)
         close(w->admin_fd);
         w->admin_fd = -1;
     }
+    if (w->tls_fd >= 0) {
+        ev_io_stop(w->loop, &w->tls_io);
+        close(w->tls_fd);
+        w->tls_fd = -1;
+    }
     mw_conn_t *c = w->all_head;
     while (c) {
         mw__conn_retain(c);
@@ -317,4 +391,7 @@ void mw__worker_free(mw_worker_t *w)
     mw__pubsub_free(w->pubsub);
     free(w->rbuf);
     free(w->hdrs);
+    free(w->tls_wbuf);
+    if (w->tls_ctx)
+        SSL_CTX_free(w->tls_ctx);
 }

@@ -76,6 +76,13 @@ struct mw_worker {
      * admin_request instead of the app. */
     int admin_fd;
     ev_io admin_io;
+
+    /* The TLS listener (tls_listen) and its context. */
+    int tls_fd;
+    ev_io tls_io;
+    struct ssl_ctx_st *tls_ctx;
+    uint8_t *tls_wbuf; /* staging buffer: one flush, one SSL_write */
+    size_t tls_wbuf_cap;
     void (*admin_request)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
     void *admin_ud;
 
@@ -113,6 +120,18 @@ int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen);
 int mw__worker_listen_admin(mw_worker_t *w, const char *host, int port,
                             void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
                             void *ud, char *err, size_t errlen);
+
+/* Builds the TLS context from cfg's certificate and key and listens on the
+ * TLS address. Returns 0 or -1 with a message in err. */
+int mw__worker_listen_tls(mw_worker_t *w, char *err, size_t errlen);
+
+/* Reads the certificate and key again (SIGHUP); the new context serves new
+ * connections, live ones keep theirs. Returns 0, or -1 with err (the old
+ * context stays). */
+int mw__worker_reload_tls(mw_worker_t *w, char *err, size_t errlen);
+
+/* The TLS port actually bound. */
+int mw__worker_tls_port(const mw_worker_t *w);
 
 /* The port actually bound (after mw__worker_listen). */
 int mw__worker_port(const mw_worker_t *w);

@@ -73,6 +73,9 @@ local APP_OPTIONS = {
   max_buffered = "bytes",
   max_inbox_bytes = "bytes",
   max_body_size = "bytes",
+  tls_listen = "address",
+  tls_cert = "path",
+  tls_key = "path",
 }
 
 local ROUTE_OPTIONS = {
@@ -159,6 +162,14 @@ local function check_options(what, opts, schema, level)
       end
       if not ok then
         error(what .. " '" .. name .. "' must be a list of subprotocol names (tokens)", level)
+      end
+    elseif kind == "path" then
+      if type(value) ~= "string" or value == "" then
+        error(what .. " '" .. name .. "' must be a file path, got " .. tostring(value), level)
+      end
+      -- Relative to the app file, so an app and its certificate move together.
+      if value:sub(1, 1) ~= "/" and core.app_path then
+        value = (core.app_path:match("^(.*)/[^/]*$") or ".") .. "/" .. value
       end
     elseif kind == "address" then
       if type(value) ~= "string" or not value:match("^.+:%d+$") then
