@@ -7,6 +7,8 @@ local app = moonwire.app {}
 
 app:websocket("/echo", {
   max_message_size = 16 * 1024 * 1024,
+  -- permessage-deflate when the client offers it (browsers do).
+  compression = true,
   on_message = function(ws, msg, is_binary)
     ws:send(msg, is_binary)
   end,

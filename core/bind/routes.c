@@ -44,7 +44,18 @@ void mw__lua_build_routes(mw_lua_t *S)
             r->low_water_mark = r->max_buffered / 2;
         lua_getfield(L, t, "slow_consumer");
         r->drop = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "drop") == 0;
-        lua_pop(L, 2);
+        lua_pop(L, 1);
+        /* permessage-deflate: off unless the route asks (README, "Compression"). */
+        lua_getfield(L, t, "compression");
+        r->pmd.enabled = (uint8_t)lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, t, "compression_context_takeover");
+        r->pmd.context_takeover = lua_isnil(L, -1) ? 1 : (uint8_t)lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        r->pmd.threshold = (uint32_t)opt_number(L, t, "compression_threshold", 64);
+        r->pmd.level = (int8_t)opt_number(L, t, "compression_level", 1);
+        r->pmd.window_bits = (uint8_t)opt_number(L, t, "compression_window_bits", 15);
+        lua_pop(L, 1);
     }
     lua_pop(L, 1);
     free(S->routes);

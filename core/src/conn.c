@@ -152,6 +152,11 @@ void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason)
     free(c->msg);
     c->msg = NULL;
     c->msg_len = c->msg_cap = 0;
+    if (c->pmd) {
+        mw__pmd_free(c->pmd);
+        free(c->pmd);
+        c->pmd = NULL;
+    }
 
     w->nconns--;
 

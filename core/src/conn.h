@@ -125,6 +125,7 @@ struct mw_conn {
     } peer;
     int app_ref;          /* the app's handle (a Lua registry ref), managed by core/bind */
     struct ssl_st *ssl;   /* TLS state, or NULL on a plain connection */
+    mw_pmd_t *pmd;        /* permessage-deflate agreement, or NULL */
     uint32_t tls_pending; /* length of an SSL_write that must be retried */
 };
 

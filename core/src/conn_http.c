@@ -79,15 +79,25 @@ int mw__conn_upgrade_accept(mw_conn_t *c, int route, const char *protocol,
         return MW_EINVAL; /* cannot happen: the head was checked before it was kept */
     char accept[29];
     mw__ws_accept_key(key.p, key.n, accept);
-    char resp[512];
+    /* RFC 7692: accept the first permessage-deflate offer the route can. */
+    char ext[256];
+    mw_pmd_t pmd;
+    int compress = mw__pmd_negotiate(&req, &w->routes[route].pmd, &pmd, ext, sizeof ext);
+    char resp[1024];
     int n = snprintf(resp, sizeof resp,
                      "HTTP/1.1 101 Switching Protocols\r\n"
                      "Upgrade: websocket\r\n"
                      "Connection: Upgrade\r\n"
                      "Sec-WebSocket-Accept: %s\r\n"
+                     "%s%s%s"
                      "%s%s%s",
                      accept, protocol ? "Sec-WebSocket-Protocol: " : "", protocol ? protocol : "",
-                     protocol ? "\r\n" : "");
+                     protocol ? "\r\n" : "", compress ? "Sec-WebSocket-Extensions: " : "",
+                     compress ? ext : "", compress ? "\r\n" : "");
+    if (compress) {
+        c->pmd = mw__xmalloc(sizeof *c->pmd);
+        *c->pmd = pmd;
+    }
     mw__outq_append2(&w->pool, &c->out, resp, (size_t)n, extra_headers,
                      extra_headers ? strlen(extra_headers) : 0);
     mw__outq_append2(&w->pool, &c->out, "\r\n", 2, NULL, 0);
@@ -98,6 +108,7 @@ int mw__conn_upgrade_accept(mw_conn_t *c, int route, const char *protocol,
     memset(&c->p.ws, 0, sizeof c->p.ws);
     c->p.ws.server = 1;
     c->p.ws.max_message_size = w->routes[route].max_message_size;
+    c->p.ws.rsv1_allowed = c->pmd != NULL;
     mw__tl_move(c, MW_TL_ACTIVE);
     mw__idle_touch(c);
 

@@ -8,6 +8,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "utf8.h"
 
 int mw__conn_can_send(const mw_conn_t *c)
 {
@@ -125,6 +126,19 @@ int mw__conn_send_shared(mw_conn_t *c, mw_rbuf_t *frame)
 int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len)
 {
     uint8_t hdr[MW_WS_MAX_HEADER];
+    if (c->pmd && opcode < MW_WS_OP_CLOSE && len >= c->pmd->threshold && c->state == MW_CONN_OPEN) {
+        /* Admit before compressing: with context takeover a compressed
+         * message that was then dropped would corrupt every later one. */
+        int rc = admit(c, len + MW_WS_MAX_HEADER, 0);
+        if (rc != MW_OK)
+            return rc;
+        mw_worker_t *w = c->w;
+        size_t n = mw__pmd_compress(&w->pmd, c->pmd, data, len);
+        size_t hlen = mw__ws_header(hdr, 1, 1, opcode, n);
+        mw__outq_append2(&w->pool, &c->out, hdr, hlen, w->pmd.buf, n);
+        queued(c);
+        return MW_OK;
+    }
     size_t hlen = mw__ws_header(hdr, 1, 0, opcode, len);
     return mw__conn_send_encoded(c, hdr, hlen, data, len);
 }
@@ -201,13 +215,39 @@ static void deliver(mw_conn_t *c, int binary, const uint8_t *data, size_t len)
         mw__conn_set_reading(c, 0);
 }
 
+/* A compressed message (RFC 7692 6.2) is complete in c->msg: inflate it,
+ * bounded by max_message_size (1009 after at most that many bytes), check
+ * text as UTF-8 (the parser could not), and deliver it. */
+static void deliver_compressed(mw_conn_t *c, int binary)
+{
+    mw_worker_t *w = c->w;
+    long n = mw__pmd_inflate(&w->pmd, c->pmd, c->msg ? c->msg : (const uint8_t *)"", c->msg_len,
+                             c->p.ws.max_message_size ? c->p.ws.max_message_size : UINT64_MAX - 1);
+    if (n == -1) {
+        fail(c, MW_WS_CLOSE_TOO_BIG, "message too big once inflated");
+        return;
+    }
+    if (n < 0) {
+        fail(c, MW_WS_CLOSE_INVALID_DATA, "invalid compressed data");
+        return;
+    }
+    uint32_t st = MW_UTF8_ACCEPT;
+    if (!binary && (mw__utf8_validate(&st, w->pmd.buf, (size_t)n) != 0 || !mw__utf8_complete(st))) {
+        fail(c, MW_WS_CLOSE_INVALID_DATA, "text message is not UTF-8");
+        return;
+    }
+    /* The handler gets its own copy (a Lua string) before it can send,
+     * which reuses this buffer. */
+    deliver(c, binary, w->pmd.buf, (size_t)n);
+}
+
 static void on_data(mw_conn_t *c, const mw_ws_event_t *ev)
 {
     /* RFC 6455 1.4: after sending a close, data frames are discarded. */
     if (c->state != MW_CONN_OPEN)
         return;
     int binary = ev->opcode == MW_WS_OP_BINARY;
-    if (ev->first && ev->last) {
+    if (ev->first && ev->last && !ev->rsv1) {
         /* The whole message lies in the read buffer: no copy. */
         deliver(c, binary, ev->data, ev->len);
         return;
@@ -224,7 +264,10 @@ static void on_data(mw_conn_t *c, const mw_ws_event_t *ev)
         c->msg_len += ev->len;
     }
     if (ev->last) {
-        deliver(c, binary, c->msg ? c->msg : (const uint8_t *)"", c->msg_len);
+        if (ev->rsv1)
+            deliver_compressed(c, binary);
+        else
+            deliver(c, binary, c->msg ? c->msg : (const uint8_t *)"", c->msg_len);
         /* Idle connections hold no buffers. */
         free(c->msg);
         c->msg = NULL;

@@ -198,12 +198,44 @@ size_t mw__pubsub_publish(mw_pubsub_t *ps, const char *name, size_t len, int bin
         memcpy(shared->data, hdr, hlen);
         memcpy(shared->data + hlen, data, dlen);
     }
+    /* Compressed variants, made at most once per window size and level
+     * for the subscribers without context takeover (RFC 7692 7.1.1.1). */
+    struct {
+        int bits, level;
+        mw_rbuf_t *frame;
+    } zc[4];
+    int nzc = 0;
     /* Queueing never runs app code and never unsubscribes anyone (a slow
      * consumer is only marked closing), so the array is stable here. */
     for (size_t i = 0; i < t->nsubs; i++) {
         mw_conn_t *c = t->subs[i]->conn;
-        int rc = shared ? mw__conn_send_shared(c, shared)
+        int rc;
+        mw_pmd_t *z = c->pmd;
+        if (z && dlen >= z->threshold && !z->server_no_ctx) {
+            /* Its own compression context: compressed for it alone. */
+            rc = mw__conn_send(c, binary ? MW_WS_OP_BINARY : MW_WS_OP_TEXT, data, dlen);
+        } else if (z && dlen >= z->threshold) {
+            int k = 0;
+            while (k < nzc && (zc[k].bits != z->server_bits || zc[k].level != z->level))
+                k++;
+            if (k == nzc && nzc < 4) {
+                mw_worker_t *w = c->w;
+                size_t n = mw__pmd_compress_shared(&w->pmd, z->server_bits, z->level, data, dlen);
+                uint8_t zh[MW_WS_MAX_HEADER];
+                size_t zhl = mw__ws_header(zh, 1, 1, binary ? MW_WS_OP_BINARY : MW_WS_OP_TEXT, n);
+                zc[k].bits = z->server_bits;
+                zc[k].level = z->level;
+                zc[k].frame = mw__rbuf_new(NULL, zhl + n);
+                memcpy(zc[k].frame->data, zh, zhl);
+                memcpy(zc[k].frame->data + zhl, w->pmd.buf, n);
+                nzc++;
+            }
+            rc = k < nzc ? mw__conn_send_shared(c, zc[k].frame)
+                         : mw__conn_send(c, binary ? MW_WS_OP_BINARY : MW_WS_OP_TEXT, data, dlen);
+        } else {
+            rc = shared ? mw__conn_send_shared(c, shared)
                         : mw__conn_send_encoded(c, hdr, hlen, data, dlen);
+        }
         if (rc == MW_OK)
             sent++;
         else if (rc == MW_EAGAIN)
@@ -211,6 +243,8 @@ size_t mw__pubsub_publish(mw_pubsub_t *ps, const char *name, size_t len, int bin
     }
     if (shared)
         mw__rbuf_release(shared);
+    for (int k = 0; k < nzc; k++)
+        mw__rbuf_release(zc[k].frame);
     if (dropped)
         *dropped = skipped;
     return sent;

@@ -392,6 +392,7 @@ void mw__worker_free(mw_worker_t *w)
     free(w->rbuf);
     free(w->hdrs);
     free(w->tls_wbuf);
+    mw__pmd_shared_free(&w->pmd);
     if (w->tls_ctx)
         SSL_CTX_free(w->tls_ctx);
 }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "deflate.h"
 #include "http.h"
 #include "outq.h"
 
@@ -24,6 +25,7 @@ typedef struct mw_route {
     size_t max_buffered;       /* the slow-consumer bound of the write queue */
     size_t low_water_mark;     /* on_drain once the queue falls below this */
     uint8_t drop;              /* slow_consumer = "drop": skip sends instead of closing */
+    mw_pmd_policy_t pmd;       /* permessage-deflate for this route */
 } mw_route_t;
 
 /* The app's side (implemented by core/bind). Each event hook returns 1 when
@@ -81,7 +83,8 @@ struct mw_worker {
     int tls_fd;
     ev_io tls_io;
     struct ssl_ctx_st *tls_ctx;
-    uint8_t *tls_wbuf; /* staging buffer: one flush, one SSL_write */
+    uint8_t *tls_wbuf;   /* staging buffer: one flush, one SSL_write */
+    mw_pmd_shared_t pmd; /* compression streams shared by connections without context */
     size_t tls_wbuf_cap;
     void (*admin_request)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
     void *admin_ud;

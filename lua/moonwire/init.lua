@@ -85,6 +85,11 @@ local ROUTE_OPTIONS = {
   slow_consumer = "policy",
   origins = "origins",
   protocols = "protocols",
+  compression = "boolean",
+  compression_threshold = "bytes0",
+  compression_level = "level",
+  compression_context_takeover = "boolean",
+  compression_window_bits = "window",
   upgrade = "function",
   on_open = "function",
   on_message = "function",
@@ -162,6 +167,17 @@ local function check_options(what, opts, schema, level)
       end
       if not ok then
         error(what .. " '" .. name .. "' must be a list of subprotocol names (tokens)", level)
+      end
+    elseif kind == "boolean" then
+      if type(value) ~= "boolean" then
+        error(what .. " '" .. name .. "' must be true or false, got " .. tostring(value), level)
+      end
+    elseif kind == "level" or kind == "window" then
+      local lo, hi = 1, 9
+      if kind == "window" then lo, hi = 9, 15 end
+      if type(value) ~= "number" or value < lo or value > hi or floor(value) ~= value then
+        error(what .. " '" .. name .. "' must be a whole number from " .. lo .. " to " .. hi
+          .. ", got " .. tostring(value), level)
       end
     elseif kind == "path" then
       if type(value) ~= "string" or value == "" then
