@@ -33,6 +33,7 @@ static const char usage[] =
     "  --idle-timeout SECONDS      close after this long without a message (default 0 = off)\n"
     "  --handshake-timeout SECONDS time to complete the upgrade request (default 10)\n"
     "  --close-timeout SECONDS     time to wait for the peer's close frame (default 5)\n"
+    "  --shutdown-timeout SECONDS  on SIGTERM/SIGINT, time for clients to finish (default 10)\n"
     "  --max-message-size BYTES    largest message, for every route (default 1048576)\n"
     "  --max-header-bytes BYTES    largest request head (default 8192)\n"
     "  --max-headers N             most header fields in a request (default 64)\n"
@@ -100,6 +101,7 @@ enum {
     F_TLS_LISTEN,
     F_TLS_CERT,
     F_TLS_KEY,
+    F_SHUTDOWN,
     F_COUNT
 };
 
@@ -190,11 +192,52 @@ static void on_watch(void *ud)
     mw__app_reload(ud, "--watch", err, sizeof err);
 }
 
+/* Graceful shutdown: the first SIGTERM or SIGINT stops accepting, closes
+ * every connection properly (1001) and lets on_close handlers run, for up
+ * to shutdown_timeout; a second one, or SIGQUIT, stops at once. */
+static mw_worker_t *main_worker;
+static ev_timer drain_check, drain_deadline;
+static int draining;
+
+static void drain_poll(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)t;
+    (void)revents;
+    if (main_worker->nconns == 0 && !main_lua->busy) {
+        mw_info("all connections closed");
+        ev_break(loop, EVBREAK_ALL);
+    }
+}
+
+static void drain_expired(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)t;
+    (void)revents;
+    mw_warn("shutdown_timeout reached with %zu connections open; closing them now",
+            main_worker->nconns);
+    ev_break(loop, EVBREAK_ALL);
+}
+
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)revents;
-    mw_info("received %s; shutting down", w->signum == SIGINT ? "SIGINT" : "SIGTERM");
-    ev_break(loop, EVBREAK_ALL);
+    const char *name = w->signum == SIGINT    ? "SIGINT"
+                       : w->signum == SIGQUIT ? "SIGQUIT"
+                                              : "SIGTERM";
+    if (draining || w->signum == SIGQUIT) {
+        mw_warn("received %s; stopping now", name);
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    draining = 1;
+    size_t open = mw__worker_drain(main_worker);
+    mw_info("received %s; shutting down gracefully (%zu connections, up to %.3g s; send it "
+            "again to stop now)",
+            name, open, main_worker->cfg.shutdown_timeout);
+    ev_timer_init(&drain_check, drain_poll, 0., 0.05);
+    ev_timer_start(loop, &drain_check);
+    ev_timer_init(&drain_deadline, drain_expired, main_worker->cfg.shutdown_timeout, 0.);
+    ev_timer_start(loop, &drain_deadline);
 }
 
 int main(int argc, char **argv)
@@ -219,6 +262,7 @@ int main(int argc, char **argv)
         [F_TLS_LISTEN] = {"--tls-listen", 2, 0, 0, NULL},
         [F_TLS_CERT] = {"--tls-cert", 5, 0, 0, NULL},
         [F_TLS_KEY] = {"--tls-key", 5, 0, 0, NULL},
+        [F_SHUTDOWN] = {"--shutdown-timeout", 0, 0, 0, NULL},
     };
     const char *app_path = NULL;
     if (argc >= 2 && strcmp(argv[1], "reload") == 0)
@@ -328,6 +372,8 @@ int main(int argc, char **argv)
         cfg.max_inbox_bytes = (size_t)flags[F_MAXINBOX].value;
     if (flags[F_MAXBODY].set)
         cfg.max_body_size = (size_t)flags[F_MAXBODY].value;
+    if (flags[F_SHUTDOWN].set)
+        cfg.shutdown_timeout = flags[F_SHUTDOWN].value;
     if (flags[F_TLS_LISTEN].set &&
         split_hostport(flags[F_TLS_LISTEN].str, cfg.tls_listen_host, sizeof cfg.tls_listen_host,
                        &cfg.tls_listen_port) != 0) {
@@ -415,8 +461,12 @@ int main(int argc, char **argv)
     ev_signal sig_term, sig_int;
     ev_signal_init(&sig_term, on_stop_signal, SIGTERM);
     ev_signal_init(&sig_int, on_stop_signal, SIGINT);
+    ev_signal sig_quit;
+    ev_signal_init(&sig_quit, on_stop_signal, SIGQUIT);
     ev_signal_start(main_loop, &sig_term);
     ev_signal_start(main_loop, &sig_int);
+    ev_signal_start(main_loop, &sig_quit);
+    main_worker = &w;
 
     int v6 = strchr(cfg.listen_host, ':') != NULL;
     mw__log_always(MW_LOG_INFO, "moonwire %s serving %s; listening on %s%s%s:%d", MW_VERSION_STRING,
@@ -430,6 +480,9 @@ int main(int argc, char **argv)
     mw__worker_free(&w);
     ev_signal_stop(main_loop, &sig_term);
     ev_signal_stop(main_loop, &sig_int);
+    ev_signal_stop(main_loop, &sig_quit);
+    ev_timer_stop(main_loop, &drain_check);
+    ev_timer_stop(main_loop, &drain_deadline);
     ev_loop_destroy(main_loop);
     mw_info("stopped");
     return 0;

@@ -199,6 +199,7 @@ void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
     NUM_OPT("idle_timeout", idle_timeout, double);
     NUM_OPT("handshake_timeout", handshake_timeout, double);
     NUM_OPT("close_timeout", close_timeout, double);
+    NUM_OPT("shutdown_timeout", shutdown_timeout, double);
     NUM_OPT("max_message_size", max_message_size, uint64_t);
     NUM_OPT("max_header_bytes", max_header_bytes, size_t);
     NUM_OPT("max_headers", max_headers, size_t);

@@ -13,6 +13,7 @@ void mw__config_defaults(mw_config_t *cfg)
     cfg->idle_timeout = 0;
     cfg->handshake_timeout = 10;
     cfg->close_timeout = 5;
+    cfg->shutdown_timeout = 10;
     cfg->max_message_size = 1u << 20;
     cfg->max_header_bytes = 8192;
     cfg->max_headers = 64;

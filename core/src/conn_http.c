@@ -72,6 +72,11 @@ int mw__conn_upgrade_accept(mw_conn_t *c, int route, const char *protocol,
     mw_worker_t *w = c->w;
     if (c->state != MW_CONN_UPGRADING || route < 0 || (size_t)route >= w->nroutes)
         return MW_ECLOSED;
+    if (w->stopping) {
+        /* An upgrade hook finished during shutdown: open nothing new. */
+        mw__conn_http_error(c, 503, "Retry-After: 1\r\n", "server shutting down");
+        return MW_ECLOSED;
+    }
     mw_http_request_t req;
     mw_slice_t key = {NULL, 0};
     const char *why;
@@ -109,6 +114,13 @@ int mw__conn_upgrade_accept(mw_conn_t *c, int route, const char *protocol,
     c->p.ws.server = 1;
     c->p.ws.max_message_size = w->routes[route].max_message_size;
     c->p.ws.rsv1_allowed = c->pmd != NULL;
+    if (c->pmd && c->p.ws.max_message_size) {
+        /* Deflate can grow incompressible data a little (5 bytes per 16 KiB
+         * stored block): the wire limit leaves room for that, and the real
+         * limit is applied to the inflated message (and, in on_data, to
+         * uncompressed ones). */
+        c->p.ws.max_message_size += c->p.ws.max_message_size / 64 + 1024;
+    }
     mw__tl_move(c, MW_TL_ACTIVE);
     mw__idle_touch(c);
 

@@ -204,7 +204,8 @@ static void inbox_push(mw_conn_t *c, int kind, int binary, uint16_t code, const 
 static void deliver(mw_conn_t *c, int binary, const uint8_t *data, size_t len)
 {
     mw_worker_t *w = c->w;
-    mw__idle_touch(c);
+    if (c->state == MW_CONN_OPEN)
+        mw__idle_touch(c);
     if (!c->busy && !c->inbox_head) {
         if (w->ops->on_message(w->ops_ud, c, data, len, binary))
             c->busy = 1;
@@ -221,8 +222,9 @@ static void deliver(mw_conn_t *c, int binary, const uint8_t *data, size_t len)
 static void deliver_compressed(mw_conn_t *c, int binary)
 {
     mw_worker_t *w = c->w;
+    uint64_t max = w->routes[c->route].max_message_size;
     long n = mw__pmd_inflate(&w->pmd, c->pmd, c->msg ? c->msg : (const uint8_t *)"", c->msg_len,
-                             c->p.ws.max_message_size ? c->p.ws.max_message_size : UINT64_MAX - 1);
+                             max ? max : UINT64_MAX - 1);
     if (n == -1) {
         fail(c, MW_WS_CLOSE_TOO_BIG, "message too big once inflated");
         return;
@@ -243,10 +245,18 @@ static void deliver_compressed(mw_conn_t *c, int binary)
 
 static void on_data(mw_conn_t *c, const mw_ws_event_t *ev)
 {
-    /* RFC 6455 1.4: after sending a close, data frames are discarded. */
+    /* RFC 6455 1.4: after sending a close, data frames are discarded (a
+     * client that sent them got the close code). What arrived before the
+     * close still reaches the handler, from the inbox if need be. */
     if (c->state != MW_CONN_OPEN)
         return;
     int binary = ev->opcode == MW_WS_OP_BINARY;
+    if (c->pmd && !ev->rsv1 && c->msg_len + ev->len > c->w->routes[c->route].max_message_size) {
+        /* The parser's limit has room for deflate overhead; an uncompressed
+         * message gets the route's exact one. */
+        fail(c, MW_WS_CLOSE_TOO_BIG, "message too big");
+        return;
+    }
     if (ev->first && ev->last && !ev->rsv1) {
         /* The whole message lies in the read buffer: no copy. */
         deliver(c, binary, ev->data, ev->len);

@@ -346,6 +346,52 @@ void mw__worker_start(mw_worker_t *w)
     ev_io_start(w->loop, &w->accept_io);
 }
 
+static void close_listeners(mw_worker_t *w)
+{
+    ev_io_stop(w->loop, &w->accept_io);
+    ev_timer_stop(w->loop, &w->accept_pause);
+    if (w->listen_fd >= 0) {
+        close(w->listen_fd);
+        w->listen_fd = -1;
+    }
+    if (w->tls_fd >= 0) {
+        ev_io_stop(w->loop, &w->tls_io);
+        close(w->tls_fd);
+        w->tls_fd = -1;
+    }
+}
+
+size_t mw__worker_drain(mw_worker_t *w)
+{
+    w->stopping = 1;
+    close_listeners(w);
+    for (mw_conn_t *c = w->all_head; c;) {
+        mw__conn_retain(c);
+        switch (c->state) {
+        case MW_CONN_OPEN:
+            /* RFC 6455 7.4.1: 1001, going away. Messages the client sent
+             * before it saw this close are still delivered. */
+            mw__conn_close(c, MW_WS_CLOSE_GOING_AWAY, "server shutting down", 20);
+            break;
+        case MW_CONN_HTTP:
+            /* Between requests: nothing is lost by closing now. */
+            if (c->in_len == 0)
+                mw__conn_teardown(c, MW_WS_CLOSE_GOING_AWAY, NULL);
+            break;
+        case MW_CONN_HTTP_BODY:
+        case MW_CONN_REQUEST:
+            c->keepalive = 0; /* answer this request, then close */
+            break;
+        default:
+            break;
+        }
+        mw_conn_t *next = c->all_next;
+        mw__conn_release(c);
+        c = next;
+    }
+    return w->nconns;
+}
+
 void mw__worker_stop(mw_worker_t *w)
 {
     w->stopping = 1;

@@ -142,6 +142,13 @@ int mw__worker_port(const mw_worker_t *w);
 /* Starts accepting; the loop must then be run by the caller. */
 void mw__worker_start(mw_worker_t *w);
 
+/* Graceful shutdown, first step: stops accepting, starts the close
+ * handshake (1001) on every WebSocket, lets plain requests in progress be
+ * answered (then closes them) and closes idle keep-alive connections.
+ * Returns the connections still open; the caller runs the loop until they
+ * are gone or its deadline passes, then calls mw__worker_stop. */
+size_t mw__worker_drain(mw_worker_t *w);
+
 /* Stops accepting and drops every connection (each opened one still gets
  * its on_close, with 1001). */
 void mw__worker_stop(mw_worker_t *w);

@@ -66,6 +66,7 @@ local APP_OPTIONS = {
   idle_timeout = "seconds0",
   handshake_timeout = "seconds",
   close_timeout = "seconds",
+  shutdown_timeout = "seconds0",
   max_message_size = "bytes",
   max_header_bytes = "bytes",
   max_headers = "count",

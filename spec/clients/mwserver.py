@@ -84,7 +84,9 @@ class MoonwireServer:
         binary = moonwire_bin()
         if not os.path.exists(binary):
             raise ServerStartError("moonwire binary not found: %s (set MOONWIRE_BIN)" % binary)
-        argv = [binary, self.app, "--listen", "127.0.0.1:0"] + self.flags
+        # Stop at once on SIGTERM unless a test asks for a graceful shutdown
+        # (its own --shutdown-timeout comes later and wins).
+        argv = [binary, self.app, "--listen", "127.0.0.1:0", "--shutdown-timeout", "0"] + self.flags
         self.argv = argv
         self.proc = subprocess.Popen(
             argv,

@@ -316,12 +316,16 @@ class EchoTests(MoonwireCase):
         await self.assert_echo(ws, "ok")
 
     async def test_subprotocol_and_extension_offers_are_declined(self):
-        # moonwire negotiates neither; the client must still get a working connection
+        # The echo route picks no subprotocol; it accepts permessage-deflate
+        # (offered by default), and without the offer it negotiates nothing.
         ws = await self.connect(subprotocols=["chat", "superchat"],
                                 extra_headers={"X-Test": "1"})
         self.assertIsNone(ws.subprotocol)
-        self.assertEqual(ws.extensions, [])  # permessage-deflate was offered by default
-        await self.assert_echo(ws, "negotiated nothing")
+        self.assertEqual([e.name for e in ws.extensions], ["permessage-deflate"])
+        await self.assert_echo(ws, "negotiated compression only")
+        plain = await self.connect(compression=None)
+        self.assertEqual(plain.extensions, [])
+        await self.assert_echo(plain, "negotiated nothing")
 
     async def test_invalid_utf8_text_closes_1007(self):
         ws = await self.connect()
@@ -330,7 +334,8 @@ class EchoTests(MoonwireCase):
 
     async def test_invalid_utf8_fails_fast_in_unfinished_fragment(self):
         # The message is never completed: the server must reject it on the bad byte.
-        ws = await self.connect()
+        # Uncompressed: a compressed message can only be checked once inflated.
+        ws = await self.connect(compression=None)
         await ws.write_frame(False, OP_TEXT, b"ok \xc3")   # valid prefix, incomplete char
         await ws.write_frame(False, OP_CONT, b"\x28 rest")  # 0xC3 0x28 is invalid
         await self.assert_closed_with(ws, 1007, timeout=5)

@@ -179,6 +179,10 @@ local function build_argv(app, flags, listen)
     argv[#argv + 1] = "--listen"
     argv[#argv + 1] = listen
   end
+  -- Stop at once on SIGTERM unless a spec asks for a graceful shutdown (its
+  -- own --shutdown-timeout comes later and wins).
+  argv[#argv + 1] = "--shutdown-timeout"
+  argv[#argv + 1] = "0"
   for _, f in ipairs(flags or {}) do argv[#argv + 1] = tostring(f) end
   return argv
 end

@@ -31,7 +31,9 @@ function moonwireBin() {
 function startServer(app, flags = [], { timeoutMs = START_TIMEOUT_MS } = {}) {
   const root = repoRoot();
   const appPath = path.isAbsolute(app) ? app : path.join(root, app);
-  const argv = [appPath, '--listen', '127.0.0.1:0', ...flags.map(String)];
+  // Stop at once on SIGTERM unless a test asks for a graceful shutdown
+  // (its own --shutdown-timeout comes later and wins).
+  const argv = [appPath, '--listen', '127.0.0.1:0', '--shutdown-timeout', '0', ...flags.map(String)];
   const child = spawn(moonwireBin(), argv, { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
   live.add(child);
 
