@@ -7,7 +7,7 @@ APP        ?= apps/echo/app.lua
 LISTEN     ?= 127.0.0.1:8080
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps test-deps build run test test-asan lint format node-deps clean
+.PHONY: all deps test-deps build run test test-asan lint format node-deps fuzz clean
 
 all: build
 
@@ -38,6 +38,26 @@ test-asan: test-deps node-deps
 	cmake --build $(BUILD_ASAN) -j$(JOBS)
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j2 --timeout 600
+
+# libFuzzer targets (core/fuzz), each for FUZZ_SECONDS, new inputs kept in
+# build-fuzz/ (the committed corpus is only read). A crash stops with the
+# input saved as build-fuzz/crash-*: add it to core/fuzz/corpus/<target>/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= http ws_frame inflate
+fuzz: test-deps
+	@mkdir -p build-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	    -Icore/include -Icore/src core/fuzz/fuzz_$$t.c core/src/*.c \
+	    -lssl -lcrypto -lev -lz -lm -o build-fuzz/fuzz_$$t || exit 1; \
+	  mkdir -p build-fuzz/corpus-$$t; \
+	  dict=; [ -f core/fuzz/$$t.dict ] && dict=-dict=core/fuzz/$$t.dict; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  (cd build-fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	     $$( [ -n "$$dict" ] && echo -dict=../core/fuzz/$$t.dict ) \
+	     corpus-$$t ../core/fuzz/corpus/$$t 2>&1 | tail -4) || exit 1; \
+	  ls build-fuzz/crash-* >/dev/null 2>&1 && { echo "fuzz: $$t crashed"; exit 1; }; \
+	done; echo "fuzz: no crashes"
 
 lint: test-deps
 	luacheck -q lua apps spec
