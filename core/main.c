@@ -1,7 +1,10 @@
 /* moonwire's composition root: parse the command line, load the app, build
  * the configuration (defaults < app options < flags), listen, run the loop,
  * and shut down in order on SIGTERM or SIGINT. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <ev.h>
 #include <signal.h>
 #include <stdio.h>
@@ -409,9 +412,6 @@ int main(int argc, char **argv)
         ev_loop_destroy(main_loop);
         return 1;
     }
-    if (w.tls_fd >= 0)
-        mw__log_always(MW_LOG_INFO, "TLS listening on %s:%d", cfg.tls_listen_host,
-                       mw__worker_tls_port(&w));
     main_lua = &S;
     if (flags[F_ADMIN].set) {
         char host[256];
@@ -432,6 +432,11 @@ int main(int argc, char **argv)
             mw__worker_free(&w);
             return 1;
         }
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getsockname(w.admin_fd, (struct sockaddr *)&ss, &sl) == 0)
+            port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                  : ((struct sockaddr_in *)&ss)->sin_port);
         mw__log_always(MW_LOG_INFO, "admin listener on %s:%d (POST /reload, GET /status)", host,
                        port);
     }
@@ -471,6 +476,10 @@ int main(int argc, char **argv)
     int v6 = strchr(cfg.listen_host, ':') != NULL;
     mw__log_always(MW_LOG_INFO, "moonwire %s serving %s; listening on %s%s%s:%d", MW_VERSION_STRING,
                    app_path, v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "", mw__worker_port(&w));
+    /* After the plain line: tools read the first "listening on" as it. */
+    if (w.tls_fd >= 0)
+        mw__log_always(MW_LOG_INFO, "TLS listening on %s:%d", cfg.tls_listen_host,
+                       mw__worker_tls_port(&w));
     ev_run(main_loop, 0);
 
     mw__watch_stop(&watch);

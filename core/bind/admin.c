@@ -67,8 +67,12 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
         return;
     }
     if (mw__slice_ieq(req->path, "/status")) {
+        /* Clients only: not admin connections (this one included). */
+        size_t n = 0;
+        for (mw_conn_t *k = S->w ? S->w->all_head : NULL; k; k = k->all_next)
+            n += k->state != MW_CONN_DEAD && !k->admin;
         snprintf(body, sizeof body, "{\"connections\":%zu,\"reloads\":%u,\"reload_failures\":%u}\n",
-                 S->w ? S->w->nconns : 0, S->reloads, S->reload_failures);
+                 n, S->reloads, S->reload_failures);
         answer(c, 200, body);
         return;
     }

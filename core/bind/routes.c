@@ -366,6 +366,12 @@ static void add_headers(lua_State *L, int idx, luaL_Buffer *B)
                 luaL_error(L, "response header '%s' has a control character in its value", name);
         if (nl == 0)
             luaL_error(L, "response header names must not be empty");
+        /* The server frames every response: an app-set length or coding
+         * would contradict its own and desynchronise keep-alive. */
+        static const char *const framing[] = {"content-length", "transfer-encoding", "connection"};
+        for (size_t f = 0; f < sizeof framing / sizeof framing[0]; f++)
+            if (mw__slice_ieq((mw_slice_t){name, nl}, framing[f]))
+                luaL_error(L, "response header '%s' is set by the server, not by the app", name);
         luaL_addlstring(B, name, nl);
         luaL_addlstring(B, ": ", 2);
         luaL_addlstring(B, value, vl);

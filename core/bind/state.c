@@ -86,9 +86,15 @@ static int traceback(lua_State *L)
 /* Keeps only the first line of a traceback: startup errors are one line. */
 static void first_line(char *s)
 {
-    char *nl = strchr(s, '\n');
-    if (nl)
-        *nl = 0;
+    /* Startup and reload errors are one line: the traceback goes, and the
+     * lines of the message itself (require's "error loading module ... :"
+     * followed by the module's own FILE:LINE) are joined with spaces. */
+    char *tb = strstr(s, "\nstack traceback:");
+    if (tb)
+        *tb = 0;
+    for (char *p = s; *p; p++)
+        if (*p == '\n' || *p == '\t')
+            *p = ' ';
 }
 
 int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
@@ -131,6 +137,20 @@ int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: no such app file (give the path of an app .lua file)", app_path);
         return -1;
     }
+    /* Load our library first and note every module present now (the
+     * standard ones, LuaJIT's, moonwire's): a reload never replaces them,
+     * even if the app's directory holds a file of the same name. */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moonwire");
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        snprintf(err, errlen, "cannot load the moonwire Lua library: %s", lua_tostring(L, -1));
+        first_line(err);
+        return -1;
+    }
+    lua_getfield(L, -1, "_snapshot_system");
+    if (lua_pcall(L, 0, 0, 0) != 0)
+        lua_pop(L, 1);
+    lua_pop(L, 1);
     if (mw__lua_load_app(S, err, errlen) != 0)
         return -1;
     lua_getfield(L, -1, "routes");

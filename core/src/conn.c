@@ -303,7 +303,7 @@ static void keep_rest(mw_conn_t *c, const uint8_t *buf, size_t off, size_t len)
     c->in_len += (uint32_t)rest;
 }
 
-static void on_readable(mw_conn_t *c)
+static void read_once(mw_conn_t *c)
 {
     mw_worker_t *w = c->w;
     if (c->in_len + 4096 > w->rbuf_cap) {
@@ -337,6 +337,15 @@ static void on_readable(mw_conn_t *c)
     have += (size_t)n;
     size_t used = mw__conn_process(c, w->rbuf, have);
     keep_rest(c, w->rbuf, used, have);
+}
+
+static void on_readable(mw_conn_t *c)
+{
+    /* TLS may hold decrypted bytes beyond what fit in the read buffer; the
+     * kernel will never announce them, so read on while OpenSSL has any. */
+    do
+        read_once(c);
+    while (c->ssl && c->state != MW_CONN_DEAD && !c->paused && SSL_pending(c->ssl) > 0);
 }
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -392,6 +401,9 @@ void mw__conn_resume_input(mw_conn_t *c)
         mw__tl_move(c, MW_TL_ACTIVE);
     if (c->state != MW_CONN_DEAD)
         update_events(c);
+    /* Bytes OpenSSL decrypted while we were paused: no event will come. */
+    if (c->ssl && c->state != MW_CONN_DEAD && !c->paused && SSL_pending(c->ssl) > 0)
+        on_readable(c);
     mw__conn_release(c);
 }
 

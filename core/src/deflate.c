@@ -205,7 +205,15 @@ static size_t compress_with(mw_pmd_shared_t *sh, z_stream *z, const uint8_t *in,
     if (reset)
         deflateReset(z);
     /* A sync flush ends in 00 00 FF FF, which the receiver adds back. */
-    return out >= 4 ? out - 4 : out;
+    out = out >= 4 ? out - 4 : 0;
+    if (out == 0) {
+        /* Nothing new to say (an empty message after a flush): RFC 7692
+         * 7.2.3.6 sends one 0x00 so that the tail makes a valid empty
+         * stored block. */
+        sh->buf[0] = 0;
+        out = 1;
+    }
+    return out;
 }
 
 size_t mw__pmd_compress(mw_pmd_shared_t *sh, mw_pmd_t *p, const uint8_t *in, size_t len)

@@ -199,8 +199,9 @@ int mw__static_serve(mw_conn_t *c, const char *root, const char *rel, size_t rle
         not_modified =
             (v.n == 1 && v.p[0] == '*') || mw__http_list_has(v, etag) || mw__http_list_has(v, bare);
     } else if (ims) {
+        /* RFC 9110 13.1.3: a date later than now is invalid: ignore it. */
         time_t t = parse_http_date(ims->value.p, ims->value.n);
-        not_modified = t >= 0 && st.st_mtime <= t;
+        not_modified = t >= 0 && t <= time(NULL) && st.st_mtime <= t;
     }
     int n = snprintf(hdrs, sizeof hdrs,
                      "Content-Type: %s\r\nLast-Modified: %s\r\nETag: %s\r\n"

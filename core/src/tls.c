@@ -45,8 +45,10 @@ static void ssl_error(char *err, size_t errlen, const char *what, const char *fi
     /* Say the two common mistakes in words; OpenSSL's text otherwise. */
     if (lib == ERR_LIB_X509 && reason == X509_R_KEY_VALUES_MISMATCH)
         snprintf(err, errlen, "%s %s does not match the certificate", what, file);
-    else if (lib == ERR_LIB_PEM && reason == PEM_R_NO_START_LINE)
-        snprintf(err, errlen, "%s %s is not a PEM file (expected -----BEGIN ...-----)", what, file);
+    else if ((lib == ERR_LIB_PEM && reason == PEM_R_NO_START_LINE) ||
+             (lib == ERR_LIB_OSSL_DECODER && reason == ERR_R_UNSUPPORTED))
+        snprintf(err, errlen, "%s %s is not a PEM file of that kind (expected -----BEGIN ...-----)",
+                 what, file);
     else
         snprintf(err, errlen, "%s %s: %s", what, file, e ? buf : strerror(errno));
     ERR_clear_error();

@@ -21,6 +21,11 @@
 
 static void handshake_expired(mw_conn_t *c)
 {
+    if (c->ssl && !SSL_is_init_finished(c->ssl)) {
+        /* No TLS yet: a 408 could never be sent. Drop it now. */
+        mw__conn_teardown(c, MW_WS_CLOSE_ABNORMAL, NULL);
+        return;
+    }
     if (c->state == MW_CONN_HTTP || c->state == MW_CONN_UPGRADING || c->state == MW_CONN_HTTP_BODY)
         mw__conn_http_error(c, 408, NULL, "the upgrade request did not arrive in time");
 }
