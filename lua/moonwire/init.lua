@@ -516,8 +516,16 @@ local function local_path(app_dir)
   return app_dir .. "/?.lua;" .. app_dir .. "/?/init.lua"
 end
 
+-- Modules present before the app first loaded (standard, LuaJIT's,
+-- moonwire's) are never app-local, whatever files the app's directory has.
+local system_modules = {}
+function M._snapshot_system()
+  for name in pairs(package.loaded) do system_modules[name] = true end
+end
+
 local function is_local(name, app_dir)
-  return type(name) == "string" and package.searchpath(name, local_path(app_dir)) ~= nil
+  return type(name) == "string" and not system_modules[name] and not package.preload[name]
+    and package.searchpath(name, local_path(app_dir)) ~= nil
 end
 
 --- Takes the app-local modules out of package.loaded; returns them.
