@@ -168,7 +168,10 @@ void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason)
         c->close_reason = reason && *reason ? strdup(reason) : NULL;
     }
     mw__conn_deliver_close(c);
-    mw__conn_release(c); /* the transport's reference */
+    /* Drop the transport's reference and our own in one step: the own one
+     * keeps refs above zero here, and one release call lets the compiler
+     * see that c is not used after it may be freed. */
+    c->refs--;
     mw__conn_release(c);
 }
 
