@@ -7,7 +7,7 @@ APP        ?= apps/echo/app.lua
 LISTEN     ?= 127.0.0.1:8080
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps test-deps build run test test-asan lint format node-deps fuzz clean
+.PHONY: all deps test-deps build run test test-asan lint format node-deps fuzz bench bench-smoke clean
 
 all: build
 
@@ -58,6 +58,16 @@ fuzz: test-deps
 	     corpus-$$t ../core/fuzz/corpus/$$t 2>&1 | tail -4) || exit 1; \
 	  ls build-fuzz/crash-* >/dev/null 2>&1 && { echo "fuzz: $$t crashed"; exit 1; }; \
 	done; echo "fuzz: no crashes"
+
+# Benchmarks (bench/run.sh; not part of make test): moonwire against a raw
+# TCP echo, gorilla/websocket, Node ws and nginx + lua-resty-websocket;
+# writes docs/benchmarks.md and its plots. About 10 minutes.
+bench: build
+	bench/install-deps.sh
+	$(MAKE) -C bench bench
+
+bench-smoke: build
+	bench/smoke.sh $(BUILD)/moonwire
 
 lint: test-deps
 	luacheck -q lua apps spec

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# bench/run.sh: the benchmark. Builds moonwire (Release), the generator, the
+# raw echo server and the peers, runs every scenario against every server
+# (server on CPU 0, generator on CPU 1), BENCH_RUNS times each with a fresh
+# server per run, and writes bench/results/*.json, docs/benchmarks.md and
+# docs/bench-*.png (bench/report.py, gnuplot). Prints one progress line per run.
+#
+# Environment: BENCH_RUNS (3), BENCH_DURATION (5 s measured), BENCH_WARMUP (1 s),
+# BENCH_SERVERS ("moonwire raw gorilla node nginx"), BENCH_SCENARIOS (all),
+# BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_SKIP_DEPS=1 to skip installs,
+# BENCH_KEEP=1 to keep earlier results (re-run some servers or scenarios only).
+# The progress line also shows the load average: other work on the machine
+# (a test suite next door) makes runs noisy, and the min-max shows it.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+build="${BENCH_BUILD:-$root/build-bench}"
+out="$build/bench"
+results="$here/results"
+runs="${BENCH_RUNS:-3}"
+duration="${BENCH_DURATION:-5}"
+warmup="${BENCH_WARMUP:-1}"
+scpu="${BENCH_SERVER_CPU:-0}"
+gcpu="${BENCH_GEN_CPU:-1}"
+servers="${BENCH_SERVERS:-moonwire raw gorilla node nginx}"
+scenarios="${BENCH_SCENARIOS:-echo32-d1 echo32-d32 echo16k-d4 broadcast-1k idle-10k idle-max}"
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+
+# --- build -----------------------------------------------------------------
+[ "${BENCH_SKIP_DEPS:-0}" = 1 ] || "$here/install-deps.sh"
+say "building moonwire (Release) in $build"
+# MW_WERROR=OFF: a Release (-O3) build only; GCC 12's -Wuse-after-free gives a
+# false positive there that the RelWithDebInfo build does not (see docs/performance.md).
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMW_WERROR=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target moonwire >/dev/null
+make -s -C "$here" BUILD="$build" tools
+have() { command -v "$1" >/dev/null 2>&1; }
+peers_ok=""
+for s in $servers; do
+    case $s in
+    gorilla)
+        if have go && [ -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
+            (cd "$here/refs/gorilla" && GOPATH=/usr/share/gocode GO111MODULE=off \
+                GOCACHE="$build/gocache" go build -o "$out/gorilla-ref" main.go)
+            peers_ok+=" gorilla"
+        else say "skipping gorilla: go or golang-github-gorilla-websocket-dev missing"; fi ;;
+    node)
+        if have node && [ -d "$here/refs/node/node_modules/ws" ]; then peers_ok+=" node"
+        else say "skipping node: node or bench/refs/node/node_modules/ws missing"; fi ;;
+    nginx)
+        if have nginx && [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ]; then peers_ok+=" nginx"
+        else say "skipping nginx: nginx or libnginx-mod-http-lua missing"; fi ;;
+    *) peers_ok+=" $s" ;;
+    esac
+done
+servers="${peers_ok# }"
+
+# Feature hooks: variants that run once the server (and the generator) has
+# them. TLS and permessage-deflate need generator support too (not yet there);
+# --workers 2 needs both CPUs for the server, so it would share CPU 1 with the
+# generator and is reported apart.
+variants="plain"
+mw_help="$("$build/moonwire" --help 2>&1 || true)"
+if grep -q -- '--workers' <<<"$mw_help"; then variants+=" workers2"; fi
+# if grep -q -- '--tls-listen' <<<"$mw_help" && "$out/loadgen" 2>&1 | grep -q -- --tls; then variants+=" tls"; fi
+# if grep -q -- 'deflate' <<<"$mw_help" && "$out/loadgen" 2>&1 | grep -q -- --deflate; then variants+=" deflate"; fi
+
+# --- servers ---------------------------------------------------------------
+fdlimit="$(ulimit -Hn)"
+ulimit -n "$fdlimit"
+max_conns=$((fdlimit - 100)) # the server's own descriptors: listener, epoll, logs, Lua
+port=$((21000 + RANDOM % 20000))
+SPID="" SPORT="" RSSPID="" SLOG=""
+work="$(mktemp -d /tmp/moonwire-bench.XXXXXX)"
+cleanup() { stop_server; rm -rf "$work"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() { # wait_port PORT: until something accepts there (5 s)
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+start_server() { # start_server SERVER APP VARIANT
+    local s=$1 app=$2 variant=$3
+    port=$((port + 1))
+    SPORT=$port
+    SLOG="$work/$s.log"
+    local pin=(taskset -c "$scpu")
+    case $s in
+    moonwire)
+        local extra=()
+        [ "$variant" = workers2 ] && { extra=(--workers 2); pin=(taskset -c "$scpu,$gcpu"); }
+        "${pin[@]}" "$build/moonwire" "$here/apps/$app.lua" --listen "127.0.0.1:$port" \
+            --max-connections "$max_conns" --log-level warn "${extra[@]}" 2>"$SLOG" &
+        SPID=$! RSSPID=$SPID ;;
+    raw)
+        "${pin[@]}" "$out/rawecho" --listen "127.0.0.1:$port" 2>"$SLOG" &
+        SPID=$! RSSPID=$SPID ;;
+    gorilla)
+        GOMAXPROCS=1 "${pin[@]}" "$out/gorilla-ref" --listen "127.0.0.1:$port" 2>"$SLOG" &
+        SPID=$! RSSPID=$SPID ;;
+    node)
+        "${pin[@]}" node "$here/refs/node/server.js" --listen "127.0.0.1:$port" 2>"$SLOG" &
+        SPID=$! RSSPID=$SPID ;;
+    nginx)
+        local p="$work/nginx"
+        rm -rf "$p" && mkdir -p "$p/tmp"
+        sed "s#@PREFIX@#$p#g; s#@LISTEN@#127.0.0.1:$port#; s#@LUA_DIR@#$here/refs/nginx#" \
+            "$here/refs/nginx/nginx.conf" >"$p/nginx.conf"
+        "${pin[@]}" nginx -p "$p" -c "$p/nginx.conf" 2>"$SLOG" &
+        SPID=$! ;;
+    esac
+    if ! wait_port "$port"; then
+        say "$s did not start: $(tail -3 "$SLOG" "$work/nginx/error.log" 2>/dev/null)"
+        stop_server
+        return 1
+    fi
+    if [ "$s" = nginx ]; then RSSPID="$(pgrep -P "$SPID" | head -1)"; fi
+}
+
+stop_server() {
+    [ -n "$SPID" ] || return 0
+    kill "$SPID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$SPID" 2>/dev/null || true
+    wait "$SPID" 2>/dev/null || true
+    SPID=""
+}
+
+# --- scenarios -------------------------------------------------------------
+# scenario -> generator mode and arguments, app (moonwire), servers it applies to
+scenario_args() {
+    local common=(--duration "$duration" --warmup "$warmup" --quiet)
+    case $1 in
+    echo32-d1) echo echo --conns 100 --depth 1 --size 32 --text "${common[@]}" ;;
+    echo32-d32) echo echo --conns 100 --depth 32 --size 32 --text "${common[@]}" ;;
+    echo16k-d4) echo echo --conns 100 --depth 4 --size 16384 --binary "${common[@]}" ;;
+    broadcast-1k) echo broadcast --conns 1000 --depth 8 --size 32 --text "${common[@]}" ;;
+    idle-10k) echo idle --conns 10000 --procs 1 --src-addrs 8 --hold 3 --quiet ;;
+    idle-max) echo idle --conns "$max_conns" --procs 2 --src-addrs 16 --hold 3 --quiet ;;
+    esac
+}
+scenario_app() { case $1 in broadcast-*) echo broadcast ;; *) echo echo ;; esac; }
+
+plan=()
+for sc in $scenarios; do
+    for s in $servers; do
+        [ "$s" = raw ] && [[ $sc == broadcast-* ]] && continue
+        for v in $variants; do
+            [ "$v" != plain ] && [ "$s" != moonwire ] && continue
+            plan+=("$sc $s $v")
+        done
+    done
+done
+total=$((${#plan[@]} * runs))
+mkdir -p "$results"
+# BENCH_KEEP=1 keeps earlier results (to re-run some servers or scenarios)
+[ "${BENCH_KEEP:-0}" = 1 ] || rm -f "$results"/*.json
+say "$total runs: $(tr '\n' ' ' <<<"$scenarios")on $servers; server CPU $scpu, generator CPU $gcpu"
+n=0
+t0=$(date +%s)
+failures=0
+for item in "${plan[@]}"; do
+    read -r sc s v <<<"$item"
+    # shellcheck disable=SC2207
+    args=($(scenario_args "$sc"))
+    name="$sc.$s${v/#plain/}"
+    [ "$v" != plain ] && name="$sc.$s-$v"
+    for i in $(seq "$runs"); do
+        n=$((n + 1))
+        f="$results/$name.$i.json"
+        if ! start_server "$s" "$(scenario_app "$sc")" "$v"; then
+            echo "{\"mode\":\"${args[0]}\",\"label\":\"$s\",\"verified\":false,\"first_error\":\"server did not start\"}" >"$f"
+            failures=$((failures + 1))
+            continue
+        fi
+        gen=(taskset -c "$gcpu" "$out/loadgen" "${args[@]}" --port "$SPORT" --label "$s")
+        if [ "$s" = raw ]; then # plain TCP against the raw echo server
+            [ "${args[0]}" = echo ] && gen[4]=raw
+            [ "${args[0]}" = idle ] && gen+=(--tcp)
+        fi
+        [ "${args[0]}" = idle ] && gen+=(--server-pid "$RSSPID")
+        [ "${args[0]}" = broadcast ] && gen+=(--sub-path /sub --pub-path /pub)
+        "${gen[@]}" >"$f" 2>"$work/gen.err" || { failures=$((failures + 1)); cat "$work/gen.err" >&2; }
+        stop_server
+        line="$(python3 "$here/report.py" --summary "$f")"
+        el=$(($(date +%s) - t0))
+        eta=$((el * (total - n) / n))
+        printf '[%3d/%3d %3dm%02ds, ~%dm%02ds left] %-13s %-16s run %d: %s\n' "$n" "$total" \
+            $((el / 60)) $((el % 60)) $((eta / 60)) $((eta % 60)) "$sc" "$s${v/#plain/}" "$i" "$line; load $(cut -d' ' -f1 /proc/loadavg)" >&2
+    done
+done
+
+# --- report ----------------------------------------------------------------
+env_info="$(uname -r); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); \
+$(nproc) CPUs; generator $(gcc --version | head -1)"
+python3 "$here/report.py" --results "$results" --docs "$root/docs" --runs "$runs" \
+    --duration "$duration" --env "$env_info" \
+    --versions "moonwire $("$build/moonwire" --version 2>&1 | head -1); $(go version 2>/dev/null | cut -d' ' -f3); node $(node --version 2>/dev/null); ws $(node -p 'require("'"$here"'/refs/node/node_modules/ws/package.json").version' 2>/dev/null); $(nginx -v 2>&1 | cut -d' ' -f3)"
+say "wrote docs/benchmarks.md and docs/bench-*.png ($failures failed runs) in $((($(date +%s) - t0) / 60)) min"
+[ "$failures" -eq 0 ]
