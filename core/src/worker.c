@@ -103,14 +103,17 @@ static void flush_pass(struct ev_loop *loop, ev_prepare *p, int revents)
 
 static void refuse_busy(int fd)
 {
-    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\n"
-                               "Connection: close\r\n"
-                               "Content-Type: text/plain; charset=utf-8\r\n"
-                               "Retry-After: 1\r\n"
-                               "Content-Length: 55\r\n\r\n"
-                               "503 Service Unavailable: too many connections (max_connections)\n";
+    static const char body[] = "503 Service Unavailable: too many connections (max_connections)\n";
+    char resp[256];
+    int len = snprintf(resp, sizeof resp,
+                       "HTTP/1.1 503 Service Unavailable\r\n"
+                       "Connection: close\r\n"
+                       "Content-Type: text/plain; charset=utf-8\r\n"
+                       "Retry-After: 1\r\n"
+                       "Content-Length: %zu\r\n\r\n%s",
+                       sizeof body - 1, body);
     /* One best-effort write to a fresh socket: its send buffer is empty. */
-    ssize_t n = write(fd, resp, sizeof resp - 1);
+    ssize_t n = write(fd, resp, (size_t)len);
     (void)n;
     shutdown(fd, SHUT_WR);
     close(fd);
