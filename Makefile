@@ -7,7 +7,8 @@ APP        ?= apps/echo/app.lua
 LISTEN     ?= 127.0.0.1:8080
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps test-deps build run test test-asan lint format node-deps fuzz bench bench-smoke clean
+.PHONY: all deps test-deps build run test test-asan test-valgrind soak lint format node-deps fuzz \
+        bench bench-smoke clean
 
 all: build
 
@@ -38,6 +39,24 @@ test-asan: test-deps node-deps
 	cmake --build $(BUILD_ASAN) -j$(JOBS)
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j2 --timeout 600
+
+# The integration specs with the server under valgrind (no leak, no invalid
+# access: any valgrind error fails the run). Logs in $(VALGRIND_DIR).
+VALGRIND_DIR ?= /tmp/mw-valgrind
+VALGRIND_SPECS ?= spec/handlers_spec.lua spec/framing_spec.lua spec/app_pubsub_spec.lua
+test-valgrind: test-deps build
+	rm -rf $(VALGRIND_DIR)
+	MW_VALGRIND_DIR=$(VALGRIND_DIR) MOONWIRE_REAL_BIN=$(CURDIR)/$(BUILD)/moonwire \
+	  MOONWIRE_BIN=$(CURDIR)/scripts/valgrind-moonwire busted --lua=luajit -o utfTerminal $(VALGRIND_SPECS)
+	@sleep 3; bad=$$(grep -L "ERROR SUMMARY: 0 errors" $(VALGRIND_DIR)/vg.*.log); \
+	  if [ -n "$$bad" ]; then echo "valgrind found errors in: $$bad"; exit 1; fi; \
+	  echo "valgrind: $$(ls $(VALGRIND_DIR)/vg.*.log | wc -l) server runs, no errors"
+
+# Thousands of connections with churn, messages and publishes; prints RSS,
+# fds and Lua memory before, during and after (SOAK_SECONDS, default 120).
+SOAK_SECONDS ?= 120
+soak: build
+	MOONWIRE_BIN=$(CURDIR)/$(BUILD)/moonwire /usr/bin/python3 bench/soak.py --duration $(SOAK_SECONDS)
 
 # libFuzzer targets (core/fuzz), each for FUZZ_SECONDS, new inputs kept in
 # build-fuzz/ (the committed corpus is only read). A crash stops with the
