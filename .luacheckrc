@@ -1,7 +1,8 @@
 -- luacheck configuration for moonwire (Lua code runs on LuaJIT 2.1).
 std = "luajit"
 max_line_length = 110
-include_files = { "spec/**/*.lua", "lua/**/*.lua", "apps/**/*.lua", "bench/**/*.lua", ".luacheckrc" }
+include_files = { "spec/**/*.lua", "lua/**/*.lua", "apps/**/*.lua", "bench/**/*.lua", "extensions/**/*.lua",
+                  ".luacheckrc" }
 exclude_files = { "build/**", "build-*/**", "**/node_modules/**" }
 
 -- Specs and their helpers run under busted.

@@ -46,6 +46,8 @@ static const char usage[] =
     "  --max-body-size BYTES       largest plain HTTP request body (default 1048576)\n"
     "  --log-level LEVEL           debug, info, warn or error (default info)\n"
     "  --watch                     reload the app when a .lua file in its directory changes\n"
+    "  --rocks-tree DIR            also load modules from this LuaRocks tree (repeatable;\n"
+    "                              lua_modules/ next to the app and ~/.luarocks are searched)\n"
     "  --tls-listen HOST:PORT      also serve wss:// and https:// here (needs cert and key)\n"
     "  --tls-cert FILE             PEM certificate chain (re-read on SIGHUP)\n"
     "  --tls-key FILE              PEM private key\n"
@@ -268,6 +270,8 @@ int main(int argc, char **argv)
         [F_SHUTDOWN] = {"--shutdown-timeout", 0, 0, 0, NULL},
     };
     const char *app_path = NULL;
+    const char *trees[33] = {NULL};
+    int ntrees = 0;
     if (argc >= 2 && strcmp(argv[1], "reload") == 0)
         return reload_command(argc, argv);
 
@@ -285,6 +289,16 @@ int main(int argc, char **argv)
             if (app_path)
                 return fail("more than one app file given ('%s' and '%s'); give one", app_path, a);
             app_path = a;
+            continue;
+        }
+        /* --rocks-tree DIR, any number of times */
+        if (strcmp(a, "--rocks-tree") == 0 || strncmp(a, "--rocks-tree=", 13) == 0) {
+            const char *v = a[12] == '=' ? a + 13 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!v || !*v)
+                return fail("option --rocks-tree needs a directory%s%s", "", "");
+            if (ntrees + 1 >= (int)(sizeof trees / sizeof trees[0]))
+                return fail("too many --rocks-tree options%s%s", "", "");
+            trees[ntrees++] = v;
             continue;
         }
         /* --name=value or --name value */
@@ -338,7 +352,7 @@ int main(int argc, char **argv)
     mw__config_defaults(&cfg);
     mw_lua_t S;
     char err[1024];
-    if (mw__lua_open(&S, app_path, err, sizeof err) != 0) {
+    if (mw__lua_open(&S, app_path, trees, err, sizeof err) != 0) {
         fprintf(stderr, "moonwire: %s\n", err);
         mw__lua_close(&S);
         return 1;

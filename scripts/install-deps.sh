@@ -7,7 +7,8 @@ set -euo pipefail
 build_pkgs=(gcc make cmake pkg-config libluajit2-5.1-dev luajit2 libev-dev libssl-dev
             zlib1g-dev libhiredis-dev)
 test_pkgs=(lua-busted lua-socket lua-posix lua-check luarocks redis-server python3
-           python3-websockets clang-format valgrind openssl clang libclang-rt-14-dev)
+           python3-websockets clang-format valgrind openssl clang libclang-rt-14-dev lua-cjson
+           lua-dkjson)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-build}" = test ]; then

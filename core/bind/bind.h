@@ -50,9 +50,11 @@ typedef struct mw_lua {
     unsigned reloads, reload_failures;
 } mw_lua_t;
 
-/* Creates the Lua state, loads the app file and keeps the app. Returns 0, or
+/* Creates the Lua state, loads the app file and keeps the app. Modules are
+ * also found in the LuaRocks trees of rocks_trees (NULL-terminated, or NULL). Returns 0, or
  * -1 with one line in err naming the file (and line) and what to fix. */
-int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen);
+int mw__lua_open(mw_lua_t *S, const char *app_path, const char *const *rocks_trees, char *err,
+                 size_t errlen);
 
 /* Runs the app file and checks it returned an app. Returns 0 with the app
  * on the top of the stack, or -1 with one line in err (FILE:LINE: ...) and

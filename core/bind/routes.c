@@ -263,21 +263,26 @@ void mw__route_upgrade(void *ud, mw_conn_t *c, const mw_http_request_t *req)
     if (params)
         mw__ws_set_params(S, c, params);
     lua_getfield(L, t, "upgrade");
-    if (lua_isnil(L, -1)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->app_ref);
+    lua_getfield(L, -1, "middleware");
+    int middleware = lua_istable(L, -1) && lua_objlen(L, -1) > 0;
+    lua_pop(L, 2);
+    if (lua_isnil(L, -1) && !middleware) {
         const char *chosen = lua_tostring(L, proto);
         mw__conn_upgrade_accept(c, index, chosen, NULL);
         lua_settop(L, top);
         return;
     }
-    /* moonwire._upgrade(hook, req, ws) in a coroutine; the run takes the
-     * function and its arguments from the top of the stack. */
-    int hook = lua_gettop(L);
+    /* moonwire._upgrade(app, req, ws) in a coroutine (middleware, then the
+     * hook); the run takes the function and its arguments from the top. */
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");
     lua_getfield(L, -1, "moonwire");
     lua_getfield(L, -1, "_upgrade");
-    lua_pushvalue(L, hook);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->app_ref);
     push_request(S, c, req, t, params, proto);
+    lua_pushinteger(L, index + 1);
+    lua_setfield(L, -2, "route_index");
     mw__ws_push(S, c);
     mw__lua_run(S, c, 3, MW_CO_UPGRADE);
     lua_settop(L, top);

@@ -56,7 +56,13 @@ static int find_lua_dir(char *out, size_t outlen)
 
 /* Puts our library and the app's own directory in front of package.path,
  * so `require "moonwire"` and the app's local modules load without LUA_PATH. */
-static void set_paths(lua_State *L, const char *lua_dir, const char *app_path)
+/* Module search order (no LUA_PATH needed): moonwire's own library; the
+ * app's directory (app-local modules); the project-local rocks tree next
+ * to the app (lua_modules/, as `luarocks init` makes it); --rocks-tree
+ * trees; the tree the binary is installed in; the user's tree
+ * (~/.luarocks); then LuaJIT's defaults (/usr/local, Debian's lua-* packages). */
+static void set_paths(lua_State *L, const char *lua_dir, const char *app_path,
+                      const char *const *trees)
 {
     char app_dir[PATH_MAX];
     snprintf(app_dir, sizeof app_dir, "%s", app_path);
@@ -65,13 +71,60 @@ static void set_paths(lua_State *L, const char *lua_dir, const char *app_path)
         *slash = 0;
     else
         strcpy(app_dir, ".");
+    /* The path grows as one string at `path`; cpath pieces go to a table
+     * and are joined at the end. */
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir,
+                    app_dir, app_dir);
+    int path = lua_gettop(L);
+
+    lua_newtable(L);
+    int cpieces = lua_gettop(L);
+    int nc = 0;
+    char tree[PATH_MAX * 2];
+    const char *home = getenv("HOME");
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *s = strrchr(exe, '/');
+        if (s)
+            *s = 0;
+    }
+    const char *list[64];
+    int nl = 0;
+    snprintf(tree, sizeof tree, "%s/lua_modules", app_dir);
+    list[nl++] = strdup(tree);
+    for (int i = 0; trees && trees[i] && nl < 60; i++)
+        list[nl++] = strdup(trees[i]);
+    if (n > 0) {
+        snprintf(tree, sizeof tree, "%s/..", exe);
+        list[nl++] = strdup(tree);
+    }
+    if (home && *home) {
+        snprintf(tree, sizeof tree, "%s/.luarocks", home);
+        list[nl++] = strdup(tree);
+    }
+    for (int i = 0; i < nl; i++) {
+        lua_pushvalue(L, path);
+        lua_pushfstring(L, "%s/share/lua/5.1/?.lua;%s/share/lua/5.1/?/init.lua;", list[i],
+                        list[i]);
+        lua_concat(L, 2);
+        lua_replace(L, path);
+        lua_pushfstring(L, "%s/lib/lua/5.1/?.so;", list[i]);
+        lua_rawseti(L, cpieces, ++nc);
+        free((void *)list[i]);
+    }
     lua_getglobal(L, "package");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir, app_dir,
-                    app_dir);
+    lua_pushvalue(L, path);
     lua_getfield(L, -2, "path");
     lua_concat(L, 2);
     lua_setfield(L, -2, "path");
-    lua_pop(L, 1);
+    for (int i = 1; i <= nc; i++)
+        lua_rawgeti(L, cpieces, i);
+    lua_getfield(L, -1 - nc, "cpath");
+    lua_concat(L, nc + 1);
+    lua_setfield(L, -2, "cpath");
+    lua_settop(L, path - 1);
 }
 
 static int traceback(lua_State *L)
@@ -97,7 +150,8 @@ static void first_line(char *s)
             *p = ' ';
 }
 
-int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
+int mw__lua_open(mw_lua_t *S, const char *app_path, const char *const *rocks_trees, char *err,
+                 size_t errlen)
 {
     memset(S, 0, sizeof *S);
     S->app_ref = S->routes_ref = S->body_ref = LUA_NOREF;
@@ -111,7 +165,7 @@ int mw__lua_open(mw_lua_t *S, const char *app_path, char *err, size_t errlen)
     luaL_openlibs(L);
     char lua_dir[2 * PATH_MAX];
     find_lua_dir(lua_dir, sizeof lua_dir);
-    set_paths(L, lua_dir, app_path);
+    set_paths(L, lua_dir, app_path, rocks_trees);
 
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "preload");

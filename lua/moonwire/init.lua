@@ -226,6 +226,7 @@ function M.app(opts)
     ws_patterns = {}, -- routes with :params, in the order they were added
     timers = {},      -- timers made while the app file loads, started with the server
     http_routes = {}, -- plain HTTP routes: { method, path, segs | prefix + root, handler }
+    middleware = {},  -- app:use: run before every websocket route's upgrade hook
   }, App)
 end
 
@@ -458,6 +459,21 @@ function M._http(handler, req, conn)
   handler(req, res)
 end
 
+--- Adds upgrade middleware (the extension point for rocks such as token
+-- authentication or rate limiting). fn(req) runs before every websocket
+-- route's own upgrade hook, in the order added, in the same coroutine (it
+-- may wait). It returns nothing to go on, a table whose fields are added to
+-- ws.data, or a refusal that ends the upgrade: a status (with an optional
+-- body and headers table) or false (403).
+function App:use(fn)
+  if getmetatable(self) ~= App then error("use app:use(fn), with a colon", 2) end
+  if type(fn) ~= "function" then
+    error("app:use(fn): fn must be a function(req), got " .. type(fn), 2)
+  end
+  self.middleware[#self.middleware + 1] = fn
+  return self
+end
+
 --- Publishes a message to every connection subscribed to topic; returns how
 -- many it was queued for. The frame is encoded once for all of them.
 function App:publish(topic, data, binary) -- luacheck: ignore self
@@ -554,31 +570,52 @@ function M._retire(old_app)
   for _, t in ipairs(old_app.timers) do t:cancel() end
 end
 
--- Runs a route's upgrade hook (inside a handler coroutine) and turns its
--- answer into the core's decision:
---   nil / true        accept
---   a table           accept; the table becomes ws.data
+-- Turns one answer of middleware or a hook into: "go" (with a table to
+-- merge into ws.data, or nil) or "refuse" (status, body, headers).
+local function verdict(r1, r2, r3, who)
+  if r1 == nil or r1 == true then return "go" end
+  if type(r1) == "table" then return "go", r1 end
+  if r1 == false then return "refuse", 403, r2, r3 end
+  if type(r1) == "number" then return "refuse", r1, r2, r3 end
+  error(who .. " returned a " .. type(r1) .. "; return nothing or a table (ws.data) to accept, "
+    .. "or an HTTP status to refuse", 0)
+end
+
+-- Runs the app's middleware, then the route's upgrade hook (inside a
+-- handler coroutine), and turns their answers into the core's decision:
+--   nil / true        go on (accept at the end)
+--   a table           go on; its fields become ws.data
 --   a status number   refuse with it (then an optional body and headers)
 --   false             refuse with 403
-function M._upgrade(hook, req, ws)
-  local r1, r2, r3 = hook(req)
-  if r1 == nil or r1 == true or type(r1) == "table" then
-    if type(r1) == "table" then ws.data = r1 end
-    local p = req.protocol
-    if p ~= nil then
-      local offered = false
-      for _, o in ipairs(req.protocols) do offered = offered or o == p end
-      if not offered then
-        error("the upgrade hook of route '" .. req.route .. "' set req.protocol to '" .. tostring(p)
-          .. "', which the client did not offer (offered: " .. concat(req.protocols, ", ") .. ")", 0)
-      end
+function M._upgrade(app, req, ws)
+  local data
+  local hooks = {}
+  for i, fn in ipairs(app.middleware) do hooks[i] = fn end
+  local route = app.routes[req.route_index]
+  if route.upgrade then hooks[#hooks + 1] = route.upgrade end
+  for i, fn in ipairs(hooks) do
+    local who = (route.upgrade and i == #hooks)
+      and ("the upgrade hook of route '" .. req.route .. "'") or ("middleware " .. i .. " (app:use)")
+    local r1, r2, r3 = fn(req)
+    local what, a, b, c = verdict(r1, r2, r3, who)
+    if what == "refuse" then return core.refuse(ws, a, b, c) end
+    if a then
+      -- Merge into a table of our own: middleware may return a shared one.
+      data = data or {}
+      for k, v in pairs(a) do data[k] = v end
     end
-    return core.accept(ws, p, req.response_headers)
-  elseif r1 == false or type(r1) == "number" then
-    return core.refuse(ws, r1 == false and 403 or r1, r2, r3)
   end
-  error("the upgrade hook of route '" .. req.route .. "' returned a " .. type(r1) ..
-    "; return nothing or a table (ws.data) to accept, or an HTTP status to refuse", 0)
+  if data then ws.data = data end
+  local p = req.protocol
+  if p ~= nil then
+    local offered = false
+    for _, o in ipairs(req.protocols) do offered = offered or o == p end
+    if not offered then
+      error("the upgrade hook of route '" .. req.route .. "' set req.protocol to '" .. tostring(p)
+        .. "', which the client did not offer (offered: " .. concat(req.protocols, ", ") .. ")", 0)
+    end
+  end
+  return core.accept(ws, p, req.response_headers)
 end
 
 return M
