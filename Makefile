@@ -1,9 +1,9 @@
 # moonwire: the two commands of the quick start and the developer targets.
-#   make run   installs missing packages, builds, serves the default app on 127.0.0.1:8080
+#   make run   installs missing packages, builds, serves apps/chat on http://127.0.0.1:8080/
 #   make test  the same set-up, then every test (unit, integration, independent clients)
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
-APP        ?= apps/echo/app.lua
+APP        ?= apps/chat/app.lua
 LISTEN     ?= 127.0.0.1:8080
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
@@ -29,6 +29,7 @@ run: build
 
 node-deps: test-deps
 	@cd spec/clients/node && { [ -d node_modules/ws ] || npm ci --no-audit --no-fund --silent; }
+	@cd spec/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --silent; }
 
 test: test-deps build node-deps lint
 	cd $(BUILD) && ctest --output-on-failure -j2 --timeout 300

@@ -4,11 +4,12 @@
 # otherwise it prints the command to run. Usage: scripts/install-deps.sh [build|test]
 set -euo pipefail
 
+# lua-cjson: the default app (apps/chat) speaks JSON.
 build_pkgs=(gcc make cmake pkg-config libluajit2-5.1-dev luajit2 libev-dev libssl-dev
-            zlib1g-dev libhiredis-dev)
+            zlib1g-dev libhiredis-dev lua-cjson)
 test_pkgs=(lua-busted lua-socket lua-posix lua-check luarocks redis-server python3
-           python3-websockets clang-format valgrind openssl clang libclang-rt-14-dev lua-cjson
-           lua-dkjson)
+           python3-websockets clang-format valgrind openssl clang libclang-rt-14-dev
+           lua-dkjson chromium fonts-liberation)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-build}" = test ]; then
