@@ -6,6 +6,7 @@
 
 #include "admin.h"
 #include "log.h"
+#include "metrics.h"
 
 /* Appends s to out as a JSON string body (without quotes). */
 static size_t json_escape(char *out, size_t cap, const char *s)
@@ -64,6 +65,18 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
             snprintf(body, sizeof body, "{\"ok\":false,\"error\":\"%s\"}\n", esc);
             answer(c, 500, body);
         }
+        return;
+    }
+    if (mw__slice_ieq(req->path, "/metrics")) {
+        static char buf[65536];
+        size_t n = mw__metrics_render(S, buf, sizeof buf);
+        static const char type[] = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
+        mw__conn_http_respond(c, 200, type, sizeof type - 1, buf, n);
+        mw__conn_http_done(c, 500);
+        return;
+    }
+    if (c->metrics_only) {
+        mw__conn_http_error(c, 404, NULL, "the metrics listener serves GET /metrics");
         return;
     }
     if (mw__slice_ieq(req->path, "/status")) {

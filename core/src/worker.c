@@ -171,6 +171,7 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
     w->ops_ud = ud;
     w->listen_fd = -1;
     w->admin_fd = -1;
+    w->metrics_fd = -1;
     w->tls_fd = -1;
     w->hdrs = mw__xcalloc(cfg->max_headers, sizeof *w->hdrs);
     w->rbuf_cap = cfg->max_header_bytes + 65536;
@@ -320,6 +321,36 @@ static void admin_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
     c->admin = 1;
 }
 
+static void metrics_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    mw_worker_t *w = (mw_worker_t *)((char *)io - offsetof(mw_worker_t, metrics_io));
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd = accept4(w->metrics_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    mw_conn_t *c = mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
+    c->admin = 1;
+    c->metrics_only = 1;
+}
+
+int mw__worker_listen_metrics(mw_worker_t *w, const char *host, int port,
+                              void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
+                              void *ud, char *err, size_t errlen)
+{
+    int fd = listen_on(host, port, err, errlen);
+    if (fd < 0)
+        return -1;
+    w->metrics_fd = fd;
+    w->admin_request = fn;
+    w->admin_ud = ud;
+    ev_io_init(&w->metrics_io, metrics_accept_cb, fd, EV_READ);
+    ev_io_start(w->loop, &w->metrics_io);
+    return 0;
+}
+
 int mw__worker_listen_admin(mw_worker_t *w, const char *host, int port,
                             void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
                             void *ud, char *err, size_t errlen)
@@ -410,6 +441,11 @@ void mw__worker_stop(mw_worker_t *w)
         ev_io_stop(w->loop, &w->admin_io);
         close(w->admin_fd);
         w->admin_fd = -1;
+    }
+    if (w->metrics_fd >= 0) {
+        ev_io_stop(w->loop, &w->metrics_io);
+        close(w->metrics_fd);
+        w->metrics_fd = -1;
     }
     if (w->tls_fd >= 0) {
         ev_io_stop(w->loop, &w->tls_io);
