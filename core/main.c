@@ -441,54 +441,40 @@ int main(int argc, char **argv)
         return 1;
     }
     main_lua = &S;
-    if (flags[F_ADMIN].set) {
-        char host[256];
-        int port;
-        if (split_hostport(flags[F_ADMIN].str, host, sizeof host, &port) != 0) {
-            fprintf(stderr, "moonwire: option --admin: '%s' is not HOST:PORT\n",
-                    flags[F_ADMIN].str);
-            mw__lua_close(&S);
-            mw__worker_stop(&w);
-            mw__worker_free(&w);
-            return 2;
-        }
-        if (mw__worker_listen_admin(&w, host, port, mw__admin_request_cb, &S, err, sizeof err) !=
-            0) {
-            fprintf(stderr, "moonwire: --admin: %s\n", err);
-            mw__worker_stop(&w);
-            mw__lua_close(&S);
-            mw__worker_free(&w);
-            return 1;
-        }
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        if (getsockname(w.admin_fd, (struct sockaddr *)&ss, &sl) == 0)
-            port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                  : ((struct sockaddr_in *)&ss)->sin_port);
-        mw__log_always(MW_LOG_INFO, "admin listener on %s:%d (POST /reload, GET /status)", host,
-                       port);
-    }
     w.access_log = flags[F_ACCESS_LOG].set;
-    if (flags[F_METRICS].set) {
+    /* --admin and --metrics: plain HTTP listeners answered by admin.c. */
+    const struct {
+        int flag;
+        int metrics;
+        const char *what;
+    } services[] = {
+        {F_ADMIN, 0, "admin listener on %s:%d (POST /reload, GET /status, GET /metrics)"},
+        {F_METRICS, 1, "metrics on %s:%d (GET /metrics)"}};
+    for (size_t i = 0; i < sizeof services / sizeof services[0]; i++) {
+        const flag_t *f = &flags[services[i].flag];
+        if (!f->set)
+            continue;
         char host[256];
-        int port;
-        err[0] = 0;
-        if (split_hostport(flags[F_METRICS].str, host, sizeof host, &port) != 0 ||
-            mw__worker_listen_metrics(&w, host, port, mw__admin_request_cb, &S, err, sizeof err) !=
-                0) {
-            fprintf(stderr, "moonwire: --metrics: %s\n",
-                    err[0] ? err : "not HOST:PORT (e.g. 127.0.0.1:9100)");
+        int port = 0, rc;
+        if (split_hostport(f->str, host, sizeof host, &port) != 0) {
+            port = -1;
+            snprintf(err, sizeof err, "'%s' is not HOST:PORT (e.g. 127.0.0.1:9100)", f->str);
+            rc = -1;
+        } else if (services[i].metrics) {
+            rc = mw__worker_listen_metrics(&w, host, port, mw__admin_request_cb, &S, err,
+                                           sizeof err);
+        } else {
+            rc = mw__worker_listen_admin(&w, host, port, mw__admin_request_cb, &S, err, sizeof err);
+        }
+        if (rc != 0) {
+            fprintf(stderr, "moonwire: %s: %s\n", f->name, err);
             mw__worker_stop(&w);
             mw__lua_close(&S);
             mw__worker_free(&w);
-            return 1;
+            return port < 0 || strchr(err, '\'') ? 2 : 1; /* a bad value, or a failed listen */
         }
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        if (getsockname(w.metrics_fd, (struct sockaddr *)&ss, &sl) == 0)
-            port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                  : ((struct sockaddr_in *)&ss)->sin_port);
-        mw__log_always(MW_LOG_INFO, "metrics on %s:%d (GET /metrics)", host, port);
+        mw__log_always(MW_LOG_INFO, services[i].what, host,
+                       mw__fd_port(services[i].metrics ? w.metrics_fd : w.admin_fd));
     }
     mw_watch_t watch;
     watch.fd = -1;

@@ -8,25 +8,6 @@
 #include "log.h"
 #include "metrics.h"
 
-/* Appends s to out as a JSON string body (without quotes). */
-static size_t json_escape(char *out, size_t cap, const char *s)
-{
-    size_t o = 0;
-    for (; *s && o + 7 < cap; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)ch;
-        } else if (ch < 0x20) {
-            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
-        } else {
-            out[o++] = (char)ch;
-        }
-    }
-    out[o] = 0;
-    return o;
-}
-
 static void answer(mw_conn_t *c, int status, const char *json)
 {
     static const char type[] = "Content-Type: application/json\r\n";
@@ -61,7 +42,7 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
             snprintf(body, sizeof body, "{\"ok\":true,\"reloads\":%u}\n", S->reloads);
             answer(c, 200, body);
         } else {
-            json_escape(esc, sizeof esc, err);
+            mw__json_escape(esc, sizeof esc, err);
             snprintf(body, sizeof body, "{\"ok\":false,\"error\":\"%s\"}\n", esc);
             answer(c, 500, body);
         }

@@ -42,8 +42,7 @@ int mw__log_format(void)
     return log_format;
 }
 
-/* Appends s as the body of a JSON string (RFC 8259 escapes). */
-static size_t json_str(char *out, size_t cap, const char *s)
+size_t mw__json_escape(char *out, size_t cap, const char *s)
 {
     size_t o = 0;
     for (; *s && o + 8 < cap; s++) {
@@ -91,7 +90,7 @@ static void vlog_json(int level, const char *fmt, va_list ap)
 {
     char msg[2048], esc[4096], ts[64], line[4400];
     vsnprintf(msg, sizeof msg, fmt, ap);
-    json_str(esc, sizeof esc, msg);
+    mw__json_escape(esc, sizeof esc, msg);
     stamp(ts, sizeof ts);
     int n = snprintf(line, sizeof line, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n", ts,
                      json_levels[level], esc);
@@ -196,7 +195,7 @@ void mw__log_access(const char *event, const char *fmt, ...)
             if (is_number(val, vl)) {
                 o += (size_t)snprintf(line + o, sizeof line - o, ",\"%s\":%s", key, val);
             } else {
-                json_str(esc, sizeof esc, val);
+                mw__json_escape(esc, sizeof esc, val);
                 o += (size_t)snprintf(line + o, sizeof line - o, ",\"%s\":\"%s\"", key, esc);
             }
         }

@@ -22,6 +22,10 @@ int mw__log_parse_level(const char *name);
 
 void mw__log(int level, const char *fmt, ...) MW_PRINTF(2, 3);
 
+/* Writes s into out (capacity cap, NUL-terminated) as the body of a JSON
+ * string (RFC 8259 escapes). Returns the length written. */
+size_t mw__json_escape(char *out, size_t cap, const char *s);
+
 /* Output format: MW_LOG_TEXT (default, for people) or MW_LOG_JSON (one JSON
  * object per line: ts, level, msg; access lines carry their fields). */
 enum { MW_LOG_TEXT = 0, MW_LOG_JSON = 1 };

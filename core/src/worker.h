@@ -147,6 +147,9 @@ int mw__worker_listen_metrics(mw_worker_t *w, const char *host, int port,
                               void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
                               void *ud, char *err, size_t errlen);
 
+/* The local port a listening socket is bound to, or -1. */
+int mw__fd_port(int fd);
+
 /* The port actually bound (after mw__worker_listen). */
 int mw__worker_port(const mw_worker_t *w);
 
