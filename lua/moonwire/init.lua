@@ -601,11 +601,9 @@ function M._upgrade(app, req, ws)
     local what, a, b, c = verdict(r1, r2, r3, who)
     if what == "refuse" then return core.refuse(ws, a, b, c) end
     if a then
-      if not data then
-        data = a
-      else
-        for k, v in pairs(a) do data[k] = v end
-      end
+      -- Merge into a table of our own: middleware may return a shared one.
+      data = data or {}
+      for k, v in pairs(a) do data[k] = v end
     end
   end
   if data then ws.data = data end

@@ -43,11 +43,68 @@ do
   else
     local dk = require "dkjson"
     json, null = dk, dk.null
+    -- Mark what was decoded, so that an object with an "n" member is not
+    -- taken for an array when it is encoded again.
+    local objmeta, arrmeta = { __jsontype = "object" }, { __jsontype = "array" }
     decode = function(s)
-      local v, _, err = dk.decode(s, 1, dk.null)
+      local v, _, err = dk.decode(s, 1, dk.null, objmeta, arrmeta)
       return v, err
     end
-    encode = function(v) return dk.encode(v) end
+    -- dkjson's encoder takes any table with a numeric "n" member for an
+    -- array; this one follows the decoded shape (__jsontype) and otherwise
+    -- the usual rule (a non-empty sequence is an array).
+    local function is_array(t)
+      local mt = getmetatable(t)
+      if mt and mt.__jsontype then return mt.__jsontype == "array" end
+      local n = #t
+      if n == 0 then return false end
+      local count = 0
+      for _ in pairs(t) do count = count + 1 end
+      return count == n
+    end
+    local enc
+    enc = function(v, out)
+      local t = type(v)
+      if v == nil or v == null then
+        out[#out + 1] = "null"
+      elseif t == "table" then
+        if is_array(v) then
+          out[#out + 1] = "["
+          for i = 1, #v do
+            if i > 1 then out[#out + 1] = "," end
+            enc(v[i], out)
+          end
+          out[#out + 1] = "]"
+        else
+          out[#out + 1] = "{"
+          local first = true
+          for k, x in pairs(v) do
+            if type(k) ~= "string" then error("cannot encode a table with a non-string key") end
+            if not first then out[#out + 1] = "," end
+            first = false
+            out[#out + 1] = dk.quotestring(k)
+            out[#out + 1] = ":"
+            enc(x, out)
+          end
+          out[#out + 1] = "}"
+        end
+      elseif t == "string" then
+        out[#out + 1] = dk.quotestring(v)
+      elseif t == "number" then
+        if v ~= v or v == math.huge or v == -math.huge then error("cannot encode " .. tostring(v)) end
+        out[#out + 1] = string.format("%.17g", v)
+      elseif t == "boolean" then
+        out[#out + 1] = tostring(v)
+      else
+        error("cannot encode a " .. t)
+      end
+    end
+    encode = function(v)
+      local out = {}
+      local done, err = pcall(enc, v, out)
+      if not done then return nil, err end
+      return table.concat(out)
+    end
   end
 end
 
@@ -115,28 +172,48 @@ local function call_one(methods, req, ws)
   return response(id, nil, err_obj(result.code, result.message, result.data))
 end
 
+local floor, abs, format = math.floor, math.abs, string.format
+
+-- Encodes one response. Integer ids are written exactly (the JSON
+-- libraries print numbers with 14 significant digits); a result that
+-- cannot be encoded (a function, infinity) becomes -32603, logged.
+local function encode_response(resp)
+  local id = resp.id
+  local exact = type(id) == "number" and id == floor(id) and abs(id) < 2 ^ 53
+  if exact then resp.id = "\0mwid\0" end
+  local out, err = encode(resp)
+  if not out then
+    moonwire.log.error("jsonrpc: cannot encode the answer to id " .. tostring(id) .. ": "
+      .. tostring(err))
+    resp = response(resp.id, nil, err_obj(-32603, "internal error"))
+    out = encode(resp)
+  end
+  if exact then out = out:gsub('"\\u0000mwid\\u0000"', format("%d", id), 1) end
+  return out
+end
+
 --- Handles one WebSocket message as JSON-RPC; returns the text to send
 -- back, or nil when nothing is to be sent (notifications only).
 function M.handle(methods, msg, ws)
   local req, perr = decode(msg)
   if req == nil and perr then
-    return encode(response(nil, nil, err_obj(-32700, "parse error")))
+    return encode_response(response(nil, nil, err_obj(-32700, "parse error")))
   end
   if type(req) == "table" and req[1] ~= nil and req.jsonrpc == nil then
     local out = {}
     for _, r in ipairs(req) do
       local resp = call_one(methods, r, ws)
-      if resp then out[#out + 1] = resp end
+      if resp then out[#out + 1] = encode_response(resp) end
     end
     if #out == 0 then return nil end
-    return encode(out)
+    return "[" .. table.concat(out, ",") .. "]"
   end
   if type(req) == "table" and next(req) == nil then
     -- [] and {} are both invalid: an empty batch, an empty request.
-    return encode(response(nil, nil, err_obj(-32600, "invalid request")))
+    return encode_response(response(nil, nil, err_obj(-32600, "invalid request")))
   end
   local resp = call_one(methods, req, ws)
-  return resp and encode(resp) or nil
+  return resp and encode_response(resp) or nil
 end
 
 --- Sends a notification (a call without id) to the client.
