@@ -33,6 +33,17 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
 {
     mw_lua_t *S = ud;
     char body[2048], err[1024], esc[1100];
+    /* The metrics listener may face a scraper on another host: it answers
+     * GET /metrics and nothing else, least of all /reload. */
+    if (c->metrics_only && !mw__slice_ieq(req->path, "/metrics")) {
+        mw__conn_http_error(c, 404, NULL, "the metrics listener serves GET /metrics");
+        return;
+    }
+    if (mw__slice_ieq(req->path, "/metrics") && !mw__slice_ieq(req->method, "GET") &&
+        !mw__slice_ieq(req->method, "HEAD")) {
+        mw__conn_http_error(c, 405, "Allow: GET, HEAD\r\n", "use GET /metrics");
+        return;
+    }
     if (mw__slice_ieq(req->path, "/reload")) {
         if (!mw__slice_ieq(req->method, "POST")) {
             mw__conn_http_error(c, 405, "Allow: POST\r\n", "use POST /reload");
@@ -54,10 +65,6 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
         static const char type[] = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
         mw__conn_http_respond(c, 200, type, sizeof type - 1, buf, n);
         mw__conn_http_done(c, 500);
-        return;
-    }
-    if (c->metrics_only) {
-        mw__conn_http_error(c, 404, NULL, "the metrics listener serves GET /metrics");
         return;
     }
     if (mw__slice_ieq(req->path, "/status")) {

@@ -69,7 +69,6 @@ mw_conn_t *mw__conn_new(mw_worker_t *w, int fd, const struct sockaddr *sa, sockl
         w->all_head->all_prev = c;
     w->all_head = c;
     w->nconns++;
-    w->stats.accepted++;
     c->t_open = ev_now(w->loop);
     mw__tl_move(c, MW_TL_HANDSHAKE);
     return c;
@@ -242,7 +241,8 @@ void mw__conn_flush(mw_conn_t *c)
             return;
         }
         mw__outq_consume(&w->pool, &c->out, (size_t)k);
-        w->stats.bytes_out += (uint64_t)k;
+        if (!c->admin) /* scrapes and admin calls are not the app's traffic */
+            w->stats.bytes_out += (uint64_t)k;
         if (c->above_low && c->out.bytes < w->routes[c->route].low_water_mark)
             mw__conn_drained(c);
         if (w->short_io && c->out.bytes > 0) {
@@ -348,7 +348,8 @@ static void read_once(mw_conn_t *c)
     free(c->in);
     c->in = NULL;
     c->in_len = 0;
-    w->stats.bytes_in += (uint64_t)n;
+    if (!c->admin)
+        w->stats.bytes_in += (uint64_t)n;
     have += (size_t)n;
     size_t used = mw__conn_process(c, w->rbuf, have);
     keep_rest(c, w->rbuf, used, have);

@@ -12,6 +12,33 @@
 #include "log.h"
 #include "ws_handshake.h"
 
+/* Counts an answered plain request (not an upgrade, not an admin call)
+ * and writes its access line. */
+static void account(mw_conn_t *c, int status, uint64_t blen)
+{
+    mw_worker_t *w = c->w;
+    if (c->admin || c->wants_ws)
+        return;
+    w->stats.http_requests++;
+    if (!w->access_log)
+        return;
+    char addr[64];
+    int port = mw__conn_peer(c, addr, sizeof addr);
+    mw_http_request_t r;
+    mw_http_parser_t st = {0};
+    int code;
+    const char *why;
+    memset(&r, 0, sizeof r);
+    r.headers = w->hdrs;
+    r.max_headers = w->cfg.max_headers;
+    int ok = c->head && mw__http_parse_request(&st, c->head, c->head_len, c->head_len + 1, &r,
+                                               &code, &why) > 0;
+    mw__log_access("http", "addr=%s:%d method=%.*s path=%.*s status=%d bytes=%llu duration=%.6f",
+                   addr, port, ok ? (int)r.method.n : 1, ok ? r.method.p : "-",
+                   ok ? (int)r.path.n : 1, ok ? r.path.p : "-", status, (unsigned long long)blen,
+                   c->t_open > 0 ? ev_time() - c->t_open : 0.0);
+}
+
 void mw__conn_http_refuse(mw_conn_t *c, int status, const char *extra_headers, const char *body,
                           size_t blen)
 {
@@ -35,6 +62,8 @@ void mw__conn_http_refuse(mw_conn_t *c, int status, const char *extra_headers, c
         hlen = 0;
     if (c->wants_ws)
         c->w->stats.refused[mw__stats_refusal_index((unsigned)status)]++;
+    else
+        account(c, status, blen);
     mw__outq_append2(&c->w->pool, &c->out, head, (size_t)hlen, extra, strlen(extra));
     mw__outq_append2(&c->w->pool, &c->out, "\r\n", 2, body, blen);
     mw_debug("conn %llu: answered %d", (unsigned long long)c->id, status);
@@ -258,19 +287,7 @@ static int respond_head(mw_conn_t *c, int status, const char *hdrs, size_t hlen,
     mw__outq_append2(&c->w->pool, &c->out, line, (size_t)n, NULL, 0);
     c->responded = 1;
     mw__conn_want_flush(c);
-    mw_worker_t *w = c->w;
-    w->stats.http_requests++;
-    if (w->access_log) {
-        char addr[64];
-        int port = mw__conn_peer(c, addr, sizeof addr);
-        mw_http_request_t r;
-        if (reparse_head(c, &r))
-            mw__log_access("http",
-                           "addr=%s:%d method=%.*s path=%.*s status=%d bytes=%llu "
-                           "duration=%.6f",
-                           addr, port, (int)r.method.n, r.method.p, (int)r.path.n, r.path.p, status,
-                           (unsigned long long)blen, ev_time() - c->t_open);
-    }
+    account(c, status, blen);
     return !bodiless && !c->head_only;
 }
 

@@ -148,6 +148,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         /* Corked writes already batch small frames; Nagle would only add delay. */
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
+        w->stats.accepted++;
     }
 }
 
@@ -261,6 +262,7 @@ static void tls_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         mw_conn_t *c = mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
+        w->stats.accepted++;
         mw__tls_attach(c, w->tls_ctx);
     }
 }
