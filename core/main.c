@@ -45,6 +45,9 @@ static const char usage[] =
     "  --max-inbox-bytes BYTES     most bytes waiting for one busy handler (default 1048576)\n"
     "  --max-body-size BYTES       largest plain HTTP request body (default 1048576)\n"
     "  --log-level LEVEL           debug, info, warn or error (default info)\n"
+    "  --log-format FORMAT         text (default) or json (one JSON object per line)\n"
+    "  --access-log                log every HTTP request and WebSocket open and close\n"
+    "  --metrics HOST:PORT         Prometheus metrics at GET /metrics (off by default)\n"
     "  --watch                     reload the app when a .lua file in its directory changes\n"
     "  --rocks-tree DIR            also load modules from this LuaRocks tree (repeatable;\n"
     "                              lua_modules/ next to the app and ~/.luarocks are searched)\n"
@@ -107,6 +110,9 @@ enum {
     F_TLS_CERT,
     F_TLS_KEY,
     F_SHUTDOWN,
+    F_METRICS,
+    F_LOG_FORMAT,
+    F_ACCESS_LOG,
     F_COUNT
 };
 
@@ -268,6 +274,9 @@ int main(int argc, char **argv)
         [F_TLS_CERT] = {"--tls-cert", 5, 0, 0, NULL},
         [F_TLS_KEY] = {"--tls-key", 5, 0, 0, NULL},
         [F_SHUTDOWN] = {"--shutdown-timeout", 0, 0, 0, NULL},
+        [F_METRICS] = {"--metrics", 2, 0, 0, NULL},
+        [F_LOG_FORMAT] = {"--log-format", 6, 0, 0, NULL},
+        [F_ACCESS_LOG] = {"--access-log", 4, 0, 0, NULL},
     };
     const char *app_path = NULL;
     const char *trees[33] = {NULL};
@@ -336,6 +345,9 @@ int main(int argc, char **argv)
                 return fail(f->kind == 0 ? "option %s: '%s' is not a number of seconds >= 0"
                                          : "option %s: '%s' is not a whole number >= 0",
                             name, value);
+        } else if (f->kind == 6) {
+            if (strcmp(value, "text") != 0 && strcmp(value, "json") != 0)
+                return fail("option %s: '%s' is not text or json", name, value);
         } else if (f->kind == 3) {
             if (mw__log_parse_level(value) < 0)
                 return fail("option %s: '%s' is not one of debug, info, warn, error", name, value);
@@ -345,6 +357,8 @@ int main(int argc, char **argv)
         return fail("no app file given%s%s; usage: moonwire APP.lua [options]", "", "");
     if (flags[F_LOG].set)
         mw__log_set_level(mw__log_parse_level(flags[F_LOG].str));
+    if (flags[F_LOG_FORMAT].set && strcmp(flags[F_LOG_FORMAT].str, "json") == 0)
+        mw__log_set_format(MW_LOG_JSON);
 
     signal(SIGPIPE, SIG_IGN);
 
@@ -427,32 +441,40 @@ int main(int argc, char **argv)
         return 1;
     }
     main_lua = &S;
-    if (flags[F_ADMIN].set) {
+    w.access_log = flags[F_ACCESS_LOG].set;
+    /* --admin and --metrics: plain HTTP listeners answered by admin.c. */
+    const struct {
+        int flag;
+        int metrics;
+        const char *what;
+    } services[] = {
+        {F_ADMIN, 0, "admin listener on %s:%d (POST /reload, GET /status, GET /metrics)"},
+        {F_METRICS, 1, "metrics on %s:%d (GET /metrics)"}};
+    for (size_t i = 0; i < sizeof services / sizeof services[0]; i++) {
+        const flag_t *f = &flags[services[i].flag];
+        if (!f->set)
+            continue;
         char host[256];
-        int port;
-        if (split_hostport(flags[F_ADMIN].str, host, sizeof host, &port) != 0) {
-            fprintf(stderr, "moonwire: option --admin: '%s' is not HOST:PORT\n",
-                    flags[F_ADMIN].str);
-            mw__lua_close(&S);
-            mw__worker_stop(&w);
-            mw__worker_free(&w);
-            return 2;
+        int port = 0, rc;
+        if (split_hostport(f->str, host, sizeof host, &port) != 0) {
+            port = -1;
+            snprintf(err, sizeof err, "'%s' is not HOST:PORT (e.g. 127.0.0.1:9100)", f->str);
+            rc = -1;
+        } else if (services[i].metrics) {
+            rc = mw__worker_listen_metrics(&w, host, port, mw__admin_request_cb, &S, err,
+                                           sizeof err);
+        } else {
+            rc = mw__worker_listen_admin(&w, host, port, mw__admin_request_cb, &S, err, sizeof err);
         }
-        if (mw__worker_listen_admin(&w, host, port, mw__admin_request_cb, &S, err, sizeof err) !=
-            0) {
-            fprintf(stderr, "moonwire: --admin: %s\n", err);
+        if (rc != 0) {
+            fprintf(stderr, "moonwire: %s: %s\n", f->name, err);
             mw__worker_stop(&w);
             mw__lua_close(&S);
             mw__worker_free(&w);
-            return 1;
+            return port < 0 || strchr(err, '\'') ? 2 : 1; /* a bad value, or a failed listen */
         }
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        if (getsockname(w.admin_fd, (struct sockaddr *)&ss, &sl) == 0)
-            port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                  : ((struct sockaddr_in *)&ss)->sin_port);
-        mw__log_always(MW_LOG_INFO, "admin listener on %s:%d (POST /reload, GET /status)", host,
-                       port);
+        mw__log_always(MW_LOG_INFO, services[i].what, host,
+                       mw__fd_port(services[i].metrics ? w.metrics_fd : w.admin_fd));
     }
     mw_watch_t watch;
     watch.fd = -1;

@@ -6,25 +6,7 @@
 
 #include "admin.h"
 #include "log.h"
-
-/* Appends s to out as a JSON string body (without quotes). */
-static size_t json_escape(char *out, size_t cap, const char *s)
-{
-    size_t o = 0;
-    for (; *s && o + 7 < cap; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)ch;
-        } else if (ch < 0x20) {
-            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", ch);
-        } else {
-            out[o++] = (char)ch;
-        }
-    }
-    out[o] = 0;
-    return o;
-}
+#include "metrics.h"
 
 static void answer(mw_conn_t *c, int status, const char *json)
 {
@@ -51,6 +33,17 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
 {
     mw_lua_t *S = ud;
     char body[2048], err[1024], esc[1100];
+    /* The metrics listener may face a scraper on another host: it answers
+     * GET /metrics and nothing else, least of all /reload. */
+    if (c->metrics_only && !mw__slice_ieq(req->path, "/metrics")) {
+        mw__conn_http_error(c, 404, NULL, "the metrics listener serves GET /metrics");
+        return;
+    }
+    if (mw__slice_ieq(req->path, "/metrics") && !mw__slice_ieq(req->method, "GET") &&
+        !mw__slice_ieq(req->method, "HEAD")) {
+        mw__conn_http_error(c, 405, "Allow: GET, HEAD\r\n", "use GET /metrics");
+        return;
+    }
     if (mw__slice_ieq(req->path, "/reload")) {
         if (!mw__slice_ieq(req->method, "POST")) {
             mw__conn_http_error(c, 405, "Allow: POST\r\n", "use POST /reload");
@@ -60,10 +53,18 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
             snprintf(body, sizeof body, "{\"ok\":true,\"reloads\":%u}\n", S->reloads);
             answer(c, 200, body);
         } else {
-            json_escape(esc, sizeof esc, err);
+            mw__json_escape(esc, sizeof esc, err);
             snprintf(body, sizeof body, "{\"ok\":false,\"error\":\"%s\"}\n", esc);
             answer(c, 500, body);
         }
+        return;
+    }
+    if (mw__slice_ieq(req->path, "/metrics")) {
+        static char buf[65536];
+        size_t n = mw__metrics_render(S, buf, sizeof buf);
+        static const char type[] = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
+        mw__conn_http_respond(c, 200, type, sizeof type - 1, buf, n);
+        mw__conn_http_done(c, 500);
         return;
     }
     if (mw__slice_ieq(req->path, "/status")) {

@@ -43,6 +43,7 @@ typedef struct mw_lua {
     mw_co_t *pool;              /* idle coroutines */
     size_t npool;
     mw_co_t *busy;      /* suspended coroutines */
+    size_t nbusy;       /* how many */
     mw_route_t *routes; /* the core's copy of the routes' limits (w->routes) */
     size_t nroutes;
     struct mw_timer *timers; /* every armed timer */

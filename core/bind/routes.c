@@ -471,6 +471,7 @@ static int l_publish(lua_State *L)
     const char *topic = luaL_checklstring(L, 1, &tl);
     const char *data = luaL_checklstring(L, 2, &dl);
     mw_worker_t *w = running_worker(L, "app:publish");
+    w->stats.publishes++;
     lua_pushnumber(L, (lua_Number)mw__pubsub_publish(w->pubsub, topic, tl, lua_toboolean(L, 3),
                                                      data, dl, NULL));
     return 1;

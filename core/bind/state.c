@@ -73,8 +73,8 @@ static void set_paths(lua_State *L, const char *lua_dir, const char *app_path,
         strcpy(app_dir, ".");
     /* The path grows as one string at `path`; cpath pieces go to a table
      * and are joined at the end. */
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir,
-                    app_dir, app_dir);
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;", lua_dir, lua_dir, app_dir,
+                    app_dir);
     int path = lua_gettop(L);
 
     lua_newtable(L);
@@ -106,8 +106,7 @@ static void set_paths(lua_State *L, const char *lua_dir, const char *app_path,
     }
     for (int i = 0; i < nl; i++) {
         lua_pushvalue(L, path);
-        lua_pushfstring(L, "%s/share/lua/5.1/?.lua;%s/share/lua/5.1/?/init.lua;", list[i],
-                        list[i]);
+        lua_pushfstring(L, "%s/share/lua/5.1/?.lua;%s/share/lua/5.1/?/init.lua;", list[i], list[i]);
         lua_concat(L, 2);
         lua_replace(L, path);
         lua_pushfstring(L, "%s/lib/lua/5.1/?.so;", list[i]);

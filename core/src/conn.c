@@ -69,6 +69,7 @@ mw_conn_t *mw__conn_new(mw_worker_t *w, int fd, const struct sockaddr *sa, sockl
         w->all_head->all_prev = c;
     w->all_head = c;
     w->nconns++;
+    c->t_open = ev_now(w->loop);
     mw__tl_move(c, MW_TL_HANDSHAKE);
     return c;
 }
@@ -109,6 +110,14 @@ void mw__conn_deliver_close(mw_conn_t *c)
     if (!c->opened || c->close_owed_delivered)
         return;
     c->close_owed_delivered = 1;
+    w->stats.closes[mw__stats_code_index(c->close_code)]++;
+    if (w->access_log) {
+        char addr[64];
+        int port = mw__conn_peer(c, addr, sizeof addr);
+        mw__log_access("ws_close", "id=%llu addr=%s:%d code=%u duration=%.3f",
+                       (unsigned long long)c->id, addr, port, c->close_code,
+                       ev_now(w->loop) - c->t_open);
+    }
     const char *r = c->close_reason ? c->close_reason : "";
     size_t rl = strlen(r);
     if (c->busy || c->inbox_head) {
@@ -232,6 +241,8 @@ void mw__conn_flush(mw_conn_t *c)
             return;
         }
         mw__outq_consume(&w->pool, &c->out, (size_t)k);
+        if (!c->admin) /* scrapes and admin calls are not the app's traffic */
+            w->stats.bytes_out += (uint64_t)k;
         if (c->above_low && c->out.bytes < w->routes[c->route].low_water_mark)
             mw__conn_drained(c);
         if (w->short_io && c->out.bytes > 0) {
@@ -337,6 +348,8 @@ static void read_once(mw_conn_t *c)
     free(c->in);
     c->in = NULL;
     c->in_len = 0;
+    if (!c->admin)
+        w->stats.bytes_in += (uint64_t)n;
     have += (size_t)n;
     size_t used = mw__conn_process(c, w->rbuf, have);
     keep_rest(c, w->rbuf, used, have);

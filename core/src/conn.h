@@ -72,6 +72,8 @@ struct mw_conn {
     uint8_t drain_queued : 1;   /* an on_drain waits in the inbox */
     uint8_t has_route : 1;      /* route indexes w->routes (a WebSocket, or one being upgraded) */
     uint8_t admin : 1;          /* accepted on the admin listener */
+    uint8_t metrics_only : 1;   /* accepted on the metrics listener: GET /metrics only */
+    uint8_t wants_ws : 1;       /* the request asked for a WebSocket (for refusal counts) */
     uint8_t tls_want_write : 1; /* OpenSSL must write before it can read on */
     uint8_t tls_failed : 1;     /* a TLS error: no close_notify may be sent */
     uint8_t tl_list;            /* MW_TL_* list this connection is on */
@@ -126,6 +128,7 @@ struct mw_conn {
     int app_ref;          /* the app's handle (a Lua registry ref), managed by core/bind */
     struct ssl_st *ssl;   /* TLS state, or NULL on a plain connection */
     mw_pmd_t *pmd;        /* permessage-deflate agreement, or NULL */
+    double t_open;        /* accept time, for access-log durations */
     uint32_t tls_pending; /* length of an SSL_write that must be retried */
 };
 

@@ -12,6 +12,33 @@
 #include "log.h"
 #include "ws_handshake.h"
 
+/* Counts an answered plain request (not an upgrade, not an admin call)
+ * and writes its access line. */
+static void account(mw_conn_t *c, int status, uint64_t blen)
+{
+    mw_worker_t *w = c->w;
+    if (c->admin || c->wants_ws)
+        return;
+    w->stats.http_requests++;
+    if (!w->access_log)
+        return;
+    char addr[64];
+    int port = mw__conn_peer(c, addr, sizeof addr);
+    mw_http_request_t r;
+    mw_http_parser_t st = {0};
+    int code;
+    const char *why;
+    memset(&r, 0, sizeof r);
+    r.headers = w->hdrs;
+    r.max_headers = w->cfg.max_headers;
+    int ok = c->head && mw__http_parse_request(&st, c->head, c->head_len, c->head_len + 1, &r,
+                                               &code, &why) > 0;
+    mw__log_access("http", "addr=%s:%d method=%.*s path=%.*s status=%d bytes=%llu duration=%.6f",
+                   addr, port, ok ? (int)r.method.n : 1, ok ? r.method.p : "-",
+                   ok ? (int)r.path.n : 1, ok ? r.path.p : "-", status, (unsigned long long)blen,
+                   c->t_open > 0 ? ev_time() - c->t_open : 0.0);
+}
+
 void mw__conn_http_refuse(mw_conn_t *c, int status, const char *extra_headers, const char *body,
                           size_t blen)
 {
@@ -33,6 +60,10 @@ void mw__conn_http_refuse(mw_conn_t *c, int status, const char *extra_headers, c
                         has_type ? "" : "Content-Type: text/plain; charset=utf-8\r\n", blen);
     if (hlen < 0 || (size_t)hlen >= sizeof head)
         hlen = 0;
+    if (c->wants_ws)
+        c->w->stats.refused[mw__stats_refusal_index((unsigned)status)]++;
+    else
+        account(c, status, blen);
     mw__outq_append2(&c->w->pool, &c->out, head, (size_t)hlen, extra, strlen(extra));
     mw__outq_append2(&c->w->pool, &c->out, "\r\n", 2, body, blen);
     mw_debug("conn %llu: answered %d", (unsigned long long)c->id, status);
@@ -126,6 +157,15 @@ int mw__conn_upgrade_accept(mw_conn_t *c, int route, const char *protocol,
 
     mw__conn_retain(c);
     c->opened = 1;
+    w->stats.ws_opened++;
+    if (w->access_log) {
+        char addr[64];
+        int port = mw__conn_peer(c, addr, sizeof addr);
+        mw_http_request_t r2;
+        if (reparse_head(c, &r2))
+            mw__log_access("ws_open", "id=%llu addr=%s:%d path=%.*s", (unsigned long long)c->id,
+                           addr, port, (int)r2.path.n, r2.path.p);
+    }
     if (w->ops->on_open(w->ops_ud, c))
         c->busy = 1;
     /* Frames that rode in with the request were held back; go on with them. */
@@ -144,6 +184,8 @@ static void dispatch(mw_conn_t *c)
     mw_http_request_t req;
     c->state = MW_CONN_REQUEST;
     c->responded = 0;
+    if (w->access_log)
+        c->t_open = ev_time(); /* the access line's duration: the loop's clock is too coarse */
     mw__conn_set_reading(c, 0);
     if (!reparse_head(c, &req)) {
         mw__conn_http_error(c, 400, NULL, NULL);
@@ -245,6 +287,7 @@ static int respond_head(mw_conn_t *c, int status, const char *hdrs, size_t hlen,
     mw__outq_append2(&c->w->pool, &c->out, line, (size_t)n, NULL, 0);
     c->responded = 1;
     mw__conn_want_flush(c);
+    account(c, status, blen);
     return !bodiless && !c->head_only;
 }
 
@@ -341,6 +384,7 @@ size_t mw__conn_http_input(mw_conn_t *c, uint8_t *buf, size_t len)
 
     if (!wants_websocket(&req))
         return (size_t)r + plain_request(c, &req, buf + r, len - (size_t)r);
+    c->wants_ws = 1;
     if (c->admin) {
         mw__conn_http_error(c, 404, NULL, "the admin listener speaks plain HTTP only");
         return len;

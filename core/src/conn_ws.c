@@ -83,8 +83,10 @@ static int admit(mw_conn_t *c, size_t n, int control)
         return MW_OK;
     if (c->w->routes[c->route].drop && !control) {
         c->dropped++;
+        c->w->stats.slow_dropped++;
         return MW_EAGAIN;
     }
+    c->w->stats.slow_closed++;
     slow_consumer(c);
     return MW_ECLOSED;
 }
@@ -93,6 +95,7 @@ static int admit(mw_conn_t *c, size_t n, int control)
  * the connection for the flush pass. */
 static void queued(mw_conn_t *c)
 {
+    c->w->stats.msgs_out++;
     if (c->out.bytes >= c->w->routes[c->route].low_water_mark)
         c->above_low = 1;
     mw__conn_want_flush(c);
@@ -204,6 +207,7 @@ static void inbox_push(mw_conn_t *c, int kind, int binary, uint16_t code, const 
 static void deliver(mw_conn_t *c, int binary, const uint8_t *data, size_t len)
 {
     mw_worker_t *w = c->w;
+    w->stats.msgs_in++;
     if (c->state == MW_CONN_OPEN)
         mw__idle_touch(c);
     if (!c->busy && !c->inbox_head) {

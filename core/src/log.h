@@ -21,6 +21,21 @@ int mw__log_parse_level(const char *name);
 #endif
 
 void mw__log(int level, const char *fmt, ...) MW_PRINTF(2, 3);
+
+/* Writes s into out (capacity cap, NUL-terminated) as the body of a JSON
+ * string (RFC 8259 escapes). Returns the length written. */
+size_t mw__json_escape(char *out, size_t cap, const char *s);
+
+/* Output format: MW_LOG_TEXT (default, for people) or MW_LOG_JSON (one JSON
+ * object per line: ts, level, msg; access lines carry their fields). */
+enum { MW_LOG_TEXT = 0, MW_LOG_JSON = 1 };
+void mw__log_set_format(int format);
+int mw__log_format(void);
+
+/* An access line (INFO): event and "key=value key=value" fields (values
+ * without spaces). Text: "access EVENT key=value ..."; JSON: the fields as
+ * members, numbers as numbers. */
+void mw__log_access(const char *event, const char *fmt, ...) MW_PRINTF(2, 3);
 /* Logs whatever the level filter says: for the few lines a supervisor or a
  * test reads (where the server listens). */
 void mw__log_always(int level, const char *fmt, ...) MW_PRINTF(2, 3);

@@ -236,9 +236,10 @@ size_t mw__pubsub_publish(mw_pubsub_t *ps, const char *name, size_t len, int bin
             rc = shared ? mw__conn_send_shared(c, shared)
                         : mw__conn_send_encoded(c, hdr, hlen, data, dlen);
         }
-        if (rc == MW_OK)
+        if (rc == MW_OK) {
             sent++;
-        else if (rc == MW_EAGAIN)
+            c->w->stats.deliveries++;
+        } else if (rc == MW_EAGAIN)
             skipped++;
     }
     if (shared)

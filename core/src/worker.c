@@ -151,6 +151,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         /* Corked writes already batch small frames; Nagle would only add delay. */
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
+        w->stats.accepted++;
     }
 }
 
@@ -174,6 +175,7 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
     w->ops_ud = ud;
     w->listen_fd = -1;
     w->admin_fd = -1;
+    w->metrics_fd = -1;
     w->tls_fd = -1;
     w->hdrs = mw__xcalloc(cfg->max_headers, sizeof *w->hdrs);
     w->rbuf_cap = cfg->max_header_bytes + 65536;
@@ -263,6 +265,7 @@ static void tls_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         mw_conn_t *c = mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
+        w->stats.accepted++;
         mw__tls_attach(c, w->tls_ctx);
     }
 }
@@ -300,13 +303,20 @@ int mw__worker_reload_tls(mw_worker_t *w, char *err, size_t errlen)
 
 int mw__worker_tls_port(const mw_worker_t *w)
 {
+    return mw__fd_port(w->tls_fd);
+}
+
+/* Admin and metrics connections: plain HTTP answered by admin_request. */
+static void accept_service(mw_worker_t *w, int lfd, int metrics_only)
+{
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    if (w->tls_fd < 0 || getsockname(w->tls_fd, (struct sockaddr *)&ss, &sl) != 0)
-        return -1;
-    if (ss.ss_family == AF_INET6)
-        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    mw_conn_t *c = mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
+    c->admin = 1;
+    c->metrics_only = (uint8_t)metrics_only;
 }
 
 static void admin_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -314,39 +324,63 @@ static void admin_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
     (void)loop;
     (void)revents;
     mw_worker_t *w = (mw_worker_t *)((char *)io - offsetof(mw_worker_t, admin_io));
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    int fd = accept4(w->admin_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    accept_service(w, w->admin_fd, 0);
+}
+
+static void metrics_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    mw_worker_t *w = (mw_worker_t *)((char *)io - offsetof(mw_worker_t, metrics_io));
+    accept_service(w, w->metrics_fd, 1);
+}
+
+static int listen_service(mw_worker_t *w, const char *host, int port, int *fdp, ev_io *io,
+                          void (*cb)(struct ev_loop *, ev_io *, int),
+                          void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
+                          void *ud, char *err, size_t errlen)
+{
+    int fd = listen_on(host, port, err, errlen);
     if (fd < 0)
-        return;
-    mw_conn_t *c = mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
-    c->admin = 1;
+        return -1;
+    *fdp = fd;
+    w->admin_request = fn;
+    w->admin_ud = ud;
+    ev_io_init(io, cb, fd, EV_READ);
+    ev_io_start(w->loop, io);
+    return 0;
+}
+
+int mw__worker_listen_metrics(mw_worker_t *w, const char *host, int port,
+                              void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
+                              void *ud, char *err, size_t errlen)
+{
+    return listen_service(w, host, port, &w->metrics_fd, &w->metrics_io, metrics_accept_cb, fn, ud,
+                          err, errlen);
 }
 
 int mw__worker_listen_admin(mw_worker_t *w, const char *host, int port,
                             void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
                             void *ud, char *err, size_t errlen)
 {
-    int fd = listen_on(host, port, err, errlen);
-    if (fd < 0)
-        return -1;
-    w->admin_fd = fd;
-    w->admin_request = fn;
-    w->admin_ud = ud;
-    ev_io_init(&w->admin_io, admin_accept_cb, fd, EV_READ);
-    ev_io_start(w->loop, &w->admin_io);
-    return 0;
+    return listen_service(w, host, port, &w->admin_fd, &w->admin_io, admin_accept_cb, fn, ud, err,
+                          errlen);
 }
 
-int mw__worker_port(const mw_worker_t *w)
+int mw__fd_port(int fd)
 {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    if (getsockname(w->listen_fd, (struct sockaddr *)&ss, &sl) != 0)
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
         return -1;
     if (ss.ss_family == AF_INET6)
         return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+int mw__worker_port(const mw_worker_t *w)
+{
+    return mw__fd_port(w->listen_fd);
 }
 
 void mw__worker_start(mw_worker_t *w)
@@ -413,6 +447,11 @@ void mw__worker_stop(mw_worker_t *w)
         ev_io_stop(w->loop, &w->admin_io);
         close(w->admin_fd);
         w->admin_fd = -1;
+    }
+    if (w->metrics_fd >= 0) {
+        ev_io_stop(w->loop, &w->metrics_io);
+        close(w->metrics_fd);
+        w->metrics_fd = -1;
     }
     if (w->tls_fd >= 0) {
         ev_io_stop(w->loop, &w->tls_io);

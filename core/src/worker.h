@@ -14,6 +14,7 @@
 #include "deflate.h"
 #include "http.h"
 #include "outq.h"
+#include "stats.h"
 
 typedef struct mw_conn mw_conn_t;
 typedef struct mw_worker mw_worker_t;
@@ -87,6 +88,8 @@ struct mw_worker {
     mw_pmd_shared_t pmd; /* compression streams shared by connections without context */
     size_t tls_wbuf_cap;
     void (*admin_request)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
+    int metrics_fd; /* --metrics: the same handler, GET /metrics only */
+    ev_io metrics_io;
     void *admin_ud;
 
     mw_http_header_t *hdrs; /* cfg.max_headers slots for the request being parsed */
@@ -106,7 +109,9 @@ struct mw_worker {
     mw_tlist_t tl[MW_TL_COUNT]; /* indexed by MW_TL_* (0 unused) */
     mw_tlist_t idle;            /* ordered by the last data message received */
 
-    int short_io; /* test mode: one byte per read and write */
+    mw_stats_t stats;
+    int access_log; /* log a line per HTTP request and per WebSocket open/close */
+    int short_io;   /* test mode: one byte per read and write */
     int stopping;
 };
 
@@ -135,6 +140,15 @@ int mw__worker_reload_tls(mw_worker_t *w, char *err, size_t errlen);
 
 /* The TLS port actually bound. */
 int mw__worker_tls_port(const mw_worker_t *w);
+
+/* Listens on host:port for GET /metrics only (same handler as admin, which
+ * must have been set up first or is set here). Returns 0 or -1 with err. */
+int mw__worker_listen_metrics(mw_worker_t *w, const char *host, int port,
+                              void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
+                              void *ud, char *err, size_t errlen);
+
+/* The local port a listening socket is bound to, or -1. */
+int mw__fd_port(int fd);
 
 /* The port actually bound (after mw__worker_listen). */
 int mw__worker_port(const mw_worker_t *w);

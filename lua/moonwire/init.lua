@@ -35,6 +35,7 @@ local M = {
   _VERSION = core.version,
   sleep = core.sleep,
   now = core.now,
+  stats = core.stats,
 }
 
 -- Logging through the server's logger, so Lua lines and C lines share one
