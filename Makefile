@@ -90,7 +90,7 @@ bench-smoke: build
 	bench/smoke.sh $(BUILD)/moonwire
 
 lint: test-deps
-	luacheck -q lua apps spec
+	luacheck -q lua apps spec extensions bench
 	clang-format --dry-run -Werror core/src/*.[ch] core/bind/*.[ch] core/main.c core/test/*.[ch] \
 	  core/include/moonwire/*.h
 
