@@ -18,13 +18,14 @@ const open = new Set();
 
 // Launches one browser and opens one page at `url`. Returns { page, errors, close }:
 // `errors` collects uncaught page errors and console errors.
-async function launch(url, { width = 1100, height = 700 } = {}) {
+// `ignoreHTTPSErrors` accepts a test's self-signed certificate (wss://).
+async function launch(url, { width = 1100, height = 700, ignoreHTTPSErrors = false } = {}) {
   if (!fs.existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM_BIN`);
   }
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'mw-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width, height },
+    executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width, height }, ignoreHTTPSErrors,
   });
   const page = context.pages()[0] || await context.newPage();
   const errors = [];
