@@ -251,6 +251,7 @@ long mw__pmd_inflate(mw_pmd_shared_t *sh, mw_pmd_t *p, const uint8_t *in, size_t
     size_t out = 0;
     long rc = 0;
     grow(sh, len * 4 + 64 < max + 1 ? len * 4 + 64 : (size_t)max + 1);
+    int ended = 0;
     for (int part = 0; part < 2 && rc == 0; part++) {
         z->next_in = (Bytef *)(uintptr_t)(part ? tail : in);
         z->avail_in = (uInt)(part ? 4 : len);
@@ -271,9 +272,13 @@ long mw__pmd_inflate(mw_pmd_shared_t *sh, mw_pmd_t *p, const uint8_t *in, size_t
             }
             if (r == Z_STREAM_END) {
                 /* The sender ended its stream (BFINAL): the message is
-                 * complete and its context gone; the tail is not needed. */
+                 * complete and its context gone; the tail is not needed,
+                 * but payload bytes after the final block are garbage. */
+                if (part == 0 && z->avail_in > 0)
+                    rc = -2;
                 inflateReset(z);
                 part = 2;
+                ended = 1;
                 break;
             }
             if (r == Z_NEED_DICT || r == Z_DATA_ERROR || r == Z_MEM_ERROR) {
@@ -284,6 +289,11 @@ long mw__pmd_inflate(mw_pmd_shared_t *sh, mw_pmd_t *p, const uint8_t *in, size_t
                 break; /* no progress possible: input used up */
         }
     }
+    /* With the tail in, a whole message leaves the inflater between blocks
+     * (zlib: data_type bit 128). Anywhere else the data was cut short or
+     * is not deflate at all, though zlib saw no error yet. */
+    if (rc == 0 && !ended && !(z->data_type & 128))
+        rc = -2;
     if (p->client_no_ctx || rc != 0)
         inflateReset(z);
     return rc ? rc : (long)out;

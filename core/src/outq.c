@@ -25,25 +25,39 @@ void mw__rbuf_release(mw_rbuf_t *b)
 
 void mw__chunk_pool_init(mw_chunk_pool_t *pool, size_t max_free)
 {
-    pool->free = NULL;
-    pool->nfree = 0;
+    pool->free = pool->free_small = NULL;
+    pool->nfree = pool->nfree_small = 0;
     pool->max_free = max_free;
 }
 
 void mw__chunk_pool_free(mw_chunk_pool_t *pool)
 {
-    while (pool->free) {
-        mw_chunk_t *c = pool->free;
-        pool->free = c->next;
-        free(c);
+    mw_chunk_t **lists[2] = {&pool->free, &pool->free_small};
+    for (int i = 0; i < 2; i++) {
+        while (*lists[i]) {
+            mw_chunk_t *c = *lists[i];
+            *lists[i] = c->next;
+            free(c);
+        }
     }
-    pool->nfree = 0;
+    pool->nfree = pool->nfree_small = 0;
 }
 
-static mw_chunk_t *chunk_get(mw_chunk_pool_t *pool, size_t need)
+/* A chunk for need bytes: small (need <= MW_CHUNK_SMALL and small asked
+ * for), standard, or exactly need when larger than a standard one. */
+static mw_chunk_t *chunk_get(mw_chunk_pool_t *pool, size_t need, int small)
 {
     mw_chunk_t *c;
-    if (need <= MW_CHUNK_SIZE && pool->free) {
+    if (small && need <= MW_CHUNK_SMALL) {
+        if (pool->free_small) {
+            c = pool->free_small;
+            pool->free_small = c->next;
+            pool->nfree_small--;
+        } else {
+            c = mw__xmalloc(sizeof *c + MW_CHUNK_SMALL);
+            c->cap = (uint32_t)MW_CHUNK_SMALL;
+        }
+    } else if (need <= MW_CHUNK_SIZE && pool->free) {
         c = pool->free;
         pool->free = c->next;
         pool->nfree--;
@@ -77,6 +91,10 @@ static void chunk_put(mw_chunk_pool_t *pool, mw_chunk_t *c)
         c->next = pool->free;
         pool->free = c;
         pool->nfree++;
+    } else if (c->cap == MW_CHUNK_SMALL && pool->nfree_small < pool->max_free) {
+        c->next = pool->free_small;
+        pool->free_small = c;
+        pool->nfree_small++;
     } else {
         free(c);
     }
@@ -91,14 +109,18 @@ static void link_tail(mw_outq_t *q, mw_chunk_t *c)
     q->tail = c;
 }
 
-/* Copies n bytes into q, filling the tail chunk's free space first. */
-static void append_bytes(mw_chunk_pool_t *pool, mw_outq_t *q, const uint8_t *p, size_t n)
+/* Copies n bytes into q, filling the tail chunk's free space first; total
+ * is the size of the whole frame these bytes begin (for the chunk size). */
+static void append_bytes(mw_chunk_pool_t *pool, mw_outq_t *q, const uint8_t *p, size_t n,
+                         size_t total)
 {
     while (n > 0) {
         mw_chunk_t *t = q->tail;
         if (!t || t->ref || t->cap == MW_CHUNK_FILE || t->end == t->cap) {
-            /* A large remainder gets one exact-size chunk instead of many. */
-            t = chunk_get(pool, n > MW_CHUNK_SIZE ? n : MW_CHUNK_SIZE);
+            /* A large remainder gets one exact-size chunk instead of many;
+             * a frame that fits an empty queue whole, a small one. */
+            int small = !q->head && total <= MW_CHUNK_SMALL;
+            t = chunk_get(pool, small ? total : (n > MW_CHUNK_SIZE ? n : MW_CHUNK_SIZE), small);
             link_tail(q, t);
         }
         size_t room = t->cap - t->end;
@@ -115,9 +137,9 @@ void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size
                       const void *data, size_t len)
 {
     if (hlen)
-        append_bytes(pool, q, hdr, hlen);
+        append_bytes(pool, q, hdr, hlen, hlen + len);
     if (len)
-        append_bytes(pool, q, data, len);
+        append_bytes(pool, q, data, len, len);
 }
 
 void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b)
@@ -164,7 +186,7 @@ long mw__outq_fill(mw_chunk_pool_t *pool, mw_outq_t *q)
     mw_file_src_t *f = (mw_file_src_t *)(void *)c->data;
     if (f->left == 0)
         return 0;
-    mw_chunk_t *d = chunk_get(pool, MW_CHUNK_SIZE);
+    mw_chunk_t *d = chunk_get(pool, MW_CHUNK_SIZE, 0);
     size_t want = f->left < d->cap ? (size_t)f->left : d->cap;
     ssize_t n = pread(f->fd, d->data, want, (off_t)f->off);
     if (n <= 0) {

@@ -54,9 +54,16 @@ typedef struct mw_chunk_pool {
     mw_chunk_t *free;
     size_t nfree;
     size_t max_free; /* chunks kept for reuse; the rest go back to malloc */
+    mw_chunk_t *free_small; /* the same for small chunks */
+    size_t nfree_small;
 } mw_chunk_pool_t;
 
 #define MW_CHUNK_SIZE (16384 - sizeof(mw_chunk_t))
+/* A frame that fits into an empty queue whole gets a small chunk: a burst
+ * of new connections (each queueing one 101 response) or of depth-1
+ * echoes then holds 1 KiB per connection in flight, not 16 KiB, and the
+ * heap's high-water mark (which RSS keeps) stays low. */
+#define MW_CHUNK_SMALL (1024 - sizeof(mw_chunk_t))
 
 typedef struct mw_outq {
     mw_chunk_t *head, *tail;
