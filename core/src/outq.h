@@ -53,7 +53,7 @@ typedef struct mw_chunk {
 typedef struct mw_chunk_pool {
     mw_chunk_t *free;
     size_t nfree;
-    size_t max_free; /* chunks kept for reuse; the rest go back to malloc */
+    size_t max_free;        /* chunks kept for reuse; the rest go back to malloc */
     mw_chunk_t *free_small; /* the same for small chunks */
     size_t nfree_small;
 } mw_chunk_pool_t;
