@@ -442,6 +442,7 @@ int main(int argc, char **argv)
     }
     main_lua = &S;
     w.access_log = flags[F_ACCESS_LOG].set;
+    w.timing = flags[F_METRICS].set || flags[F_ADMIN].set;
     /* --admin and --metrics: plain HTTP listeners answered by admin.c. */
     const struct {
         int flag;

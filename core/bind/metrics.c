@@ -68,6 +68,7 @@ size_t mw__metrics_render(mw_lua_t *S, char *out, size_t cap)
     out[0] = 0;
     if (!S->w)
         return 0;
+    S->w->timing = 1; /* someone reads the figures: time the handlers from now on */
     const mw_stats_t *st = &S->w->stats;
     gauges_t g;
     gather(S, &g);
@@ -134,6 +135,7 @@ int mw__lua_stats(lua_State *L)
     lua_newtable(L);
     if (!S->w)
         return 1;
+    S->w->timing = 1;
     const mw_stats_t *st = &S->w->stats;
     gauges_t g;
     gather(S, &g);

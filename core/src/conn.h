@@ -6,7 +6,23 @@
  * reference until the socket is closed (mw__conn_teardown), the app (Lua)
  * holds one while it has a handle on the connection, and the core holds one
  * around every call into the app. Memory is freed when the last goes, so a
- * handler may close its own connection, and nothing is freed under a caller. */
+ * handler may close its own connection, and nothing is freed under a caller.
+ *
+ * States (enum mw_conn_state):
+ *
+ *   HTTP ──head──► UPGRADING ──accept──► OPEN ──we close──► CLOSING
+ *     │  (app decides; reading paused)      │                  │
+ *     ├─plain request─► HTTP_BODY ─► REQUEST ─answered─► HTTP (keep-alive)
+ *     │                                     │  peer's close,   │ peer answers,
+ *     └─refused / error────────────────► FLUSHCLOSE ◄─error────┘ or timeout
+ *                                           │ queue written: half-close, then
+ *                                           ▼ the peer's EOF or close_timeout
+ *                                         DEAD (socket closed; freed when the
+ *                                               last reference goes)
+ *
+ * on_close is owed from the moment on_open was (opened = 1) and runs once:
+ * when the close handshake completes, or at teardown, whichever is first
+ * (mw__conn_deliver_close). */
 #ifndef MW_CONN_H
 #define MW_CONN_H
 
