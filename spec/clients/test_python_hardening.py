@@ -614,8 +614,12 @@ class DecompressionBombTest(HardeningCase):
         rss2 = rss_kb(pid)
         say("bomb: %d KiB compressed -> 256 MiB; 1009 after %.3f s; RSS %d -> %d -> %d KiB",
             len(data) // 1024, t1, rss0, rss1, rss2)
-        # The echo route allows 16 MiB messages: that much may be inflated, no more.
-        self.assertLess(max(rss1, rss2) - rss0, 40 * 1024)
+        # The echo route allows 16 MiB messages: that much may be inflated, no
+        # more (the buffer doubles up to 32 MiB). Under AddressSanitizer its
+        # redzones and quarantine add to that; still far below the 256 MiB the
+        # bomb would make if inflation were not bounded.
+        bound = (120 if "ASAN_OPTIONS" in os.environ else 40) * 1024
+        self.assertLess(max(rss1, rss2) - rss0, bound)
         await self.normal_echo(srv)
 
 
