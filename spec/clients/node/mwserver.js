@@ -1,8 +1,11 @@
 'use strict';
-// Start and stop a real moonwire server for the Node client tests.
-// Binary: MOONWIRE_BIN (default /work/main/build/moonwire); repo root:
-// MOONWIRE_ROOT (default: cwd). Listens on 127.0.0.1:0 and parses the
-// "listening on HOST:PORT" line from stderr.
+// Start, reload and stop a real moonwire server for the Node client tests and
+// the browser tests (spec/browser/mwserver.js re-exports this): an address to
+// listen on (a restarted server can take the same port), ws:// and http://
+// URLs, and SIGHUP reloads.
+// Binary: MOONWIRE_BIN (default: build/moonwire under the repo root); repo
+// root: MOONWIRE_ROOT (default: three levels above this file). Listens on
+// 127.0.0.1:0 unless told otherwise and parses "listening on HOST:PORT".
 
 const { spawn } = require('node:child_process');
 const path = require('node:path');
@@ -21,19 +24,20 @@ process.on('exit', () => {
 });
 
 function repoRoot() {
-  return process.env.MOONWIRE_ROOT || process.cwd();
+  return process.env.MOONWIRE_ROOT || path.resolve(__dirname, '..', '..', '..');
 }
 
 function moonwireBin() {
-  return process.env.MOONWIRE_BIN || '/work/main/build/moonwire';
+  return process.env.MOONWIRE_BIN || path.join(repoRoot(), 'build', 'moonwire');
 }
 
-function startServer(app, flags = [], { timeoutMs = START_TIMEOUT_MS } = {}) {
+// opts.listen: HOST:PORT (default 127.0.0.1:0).
+function startServer(app, flags = [], { timeoutMs = START_TIMEOUT_MS, listen = '127.0.0.1:0' } = {}) {
   const root = repoRoot();
   const appPath = path.isAbsolute(app) ? app : path.join(root, app);
   // Stop at once on SIGTERM unless a test asks for a graceful shutdown
   // (its own --shutdown-timeout comes later and wins).
-  const argv = [appPath, '--listen', '127.0.0.1:0', '--shutdown-timeout', '0', ...flags.map(String)];
+  const argv = [appPath, '--listen', listen, '--shutdown-timeout', '0', ...flags.map(String)];
   const child = spawn(moonwireBin(), argv, { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
   live.add(child);
 
@@ -61,6 +65,7 @@ function startServer(app, flags = [], { timeoutMs = START_TIMEOUT_MS } = {}) {
     port: null,
     argv,
     url: (p = '/') => `ws://${server.host}:${server.port}${p}`,
+    httpUrl: (p = '/') => `http://${server.host}:${server.port}${p}`,
     log: () => lines.concat(partial ? [partial] : []).join('\n'),
     alive: () => !exited,
     neededSigkill: false,
@@ -77,6 +82,18 @@ function startServer(app, flags = [], { timeoutMs = START_TIMEOUT_MS } = {}) {
         if (Date.now() > deadline) return null;
         await new Promise((r) => setTimeout(r, 50));
       }
+    },
+    // SIGHUP, then waits for the reload's outcome line; returns it.
+    async reload(ms = 5000) {
+      const outcomes = () => lines.filter((l) => /reloaded |reload failed /.test(l)).length;
+      const before = outcomes();
+      child.kill('SIGHUP');
+      const deadline = Date.now() + ms;
+      while (outcomes() === before) {
+        if (Date.now() > deadline) throw new Error(`no reload outcome logged after SIGHUP; log:\n${server.log()}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return lines.filter((l) => /reloaded |reload failed /.test(l)).pop();
     },
     async stop() {
       if (!exited) {
