@@ -86,6 +86,7 @@ struct mw_conn {
     uint8_t head_only : 1;      /* plain HTTP: a HEAD request (no body in the response) */
     uint8_t input_due : 1;      /* on the worker's list of held input to parse */
     uint8_t drain_queued : 1;   /* an on_drain waits in the inbox */
+    uint8_t leave_due : 1;      /* on the worker's list of connections to unsubscribe */
     uint8_t has_route : 1;      /* route indexes w->routes (a WebSocket, or one being upgraded) */
     uint8_t admin : 1;          /* accepted on the admin listener */
     uint8_t metrics_only : 1;   /* accepted on the metrics listener: GET /metrics only */
@@ -124,6 +125,7 @@ struct mw_conn {
 
     mw_conn_t *flush_next;
     mw_conn_t *input_next;
+    mw_conn_t *leave_next;
     mw_conn_t *all_prev, *all_next;
 
     mw_inbox_ev_t *inbox_head, *inbox_tail;

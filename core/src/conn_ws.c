@@ -39,6 +39,25 @@ static size_t close_payload(uint8_t out[MW_WS_MAX_CONTROL], uint16_t code, const
     return 2 + rlen;
 }
 
+/* c just left MW_CONN_OPEN (a close went out or came in): it waits for the
+ * end of the close handshake on the closing timer, and its subscriptions
+ * end now: it can receive no more messages, and subscriber counts should
+ * say so at once, not when the TCP connection finally goes. */
+static void leave_open(mw_conn_t *c)
+{
+    mw__tl_move(c, MW_TL_CLOSING);
+    mw__idle_remove(c);
+    /* Not here and now: this may run inside a publish that is walking one
+     * of these very subscriber arrays (a slow consumer closed by the send).
+     * The flush pass of this loop iteration unsubscribes it. */
+    if (c->subs && !c->leave_due) {
+        mw__conn_retain(c); /* the list's reference */
+        c->leave_due = 1;
+        c->leave_next = c->w->leave_head;
+        c->w->leave_head = c;
+    }
+}
+
 static void record_close(mw_conn_t *c, uint16_t code, const char *reason, size_t rlen)
 {
     c->close_code = code;
@@ -156,8 +175,7 @@ void mw__conn_close(mw_conn_t *c, uint16_t code, const char *reason, size_t rlen
     c->close_sent = 1;
     record_close(c, code ? code : MW_WS_CLOSE_NO_STATUS, reason, n > 2 ? n - 2 : 0);
     c->state = MW_CONN_CLOSING;
-    mw__tl_move(c, MW_TL_CLOSING);
-    mw__idle_remove(c);
+    leave_open(c);
 }
 
 /* RFC 6455 7.1.7 "Fail the WebSocket Connection": send a close with the
@@ -175,8 +193,7 @@ static void fail(mw_conn_t *c, uint16_t code, const char *why)
         record_close(c, code, why, n - 2);
     }
     c->state = MW_CONN_FLUSHCLOSE;
-    mw__tl_move(c, MW_TL_CLOSING);
-    mw__idle_remove(c);
+    leave_open(c);
     mw__conn_deliver_close(c);
 }
 
@@ -333,8 +350,7 @@ static void on_control(mw_conn_t *c, const mw_ws_event_t *ev)
     c->close_sent = 1;
     record_close(c, code, reason, rlen);
     c->state = MW_CONN_FLUSHCLOSE;
-    mw__tl_move(c, MW_TL_CLOSING);
-    mw__idle_remove(c);
+    leave_open(c);
     mw__conn_deliver_close(c);
 }
 

@@ -78,6 +78,16 @@ static void flush_pass(struct ev_loop *loop, ev_prepare *p, int revents)
     (void)loop;
     (void)revents;
     mw_worker_t *w = (mw_worker_t *)((char *)p - offsetof(mw_worker_t, flush_prep));
+    /* Connections that started closing leave their topics (see leave_open
+     * in conn_ws.c: never in the middle of a publish). */
+    while (w->leave_head) {
+        mw_conn_t *c = w->leave_head;
+        w->leave_head = c->leave_next;
+        c->leave_next = NULL;
+        c->leave_due = 0;
+        mw__pubsub_leave_all(w->pubsub, c);
+        mw__conn_release(c);
+    }
     /* Held input first (pipelined requests after an answer): parsing it
      * may queue more writes, which this same pass then flushes. */
     while (w->input_head) {

@@ -102,6 +102,7 @@ struct mw_worker {
 
     mw_conn_t *flush_head; /* connections with corked writes */
     mw_conn_t *input_head; /* connections with held input to parse (mw__conn_input_due) */
+    mw_conn_t *leave_head; /* closing connections whose subscriptions end this iteration */
     mw_conn_t *all_head;   /* every connection, for shutdown */
     size_t nconns;
     uint64_t next_id;
