@@ -14,6 +14,8 @@
 #include "admin.h"
 #include "admin_client.h"
 #include "bind.h"
+#include "hub.h"
+#include "threads.h"
 #include "config.h"
 #include "log.h"
 #include "moonwire/moonwire.h"
@@ -44,6 +46,7 @@ static const char usage[] =
     "  --max-buffered BYTES        most bytes queued for one slow client (default 4194304)\n"
     "  --max-inbox-bytes BYTES     most bytes waiting for one busy handler (default 1048576)\n"
     "  --max-body-size BYTES       largest plain HTTP request body (default 1048576)\n"
+    "  --workers N                 worker threads sharing the port (default 1; auto = cores)\n"
     "  --log-level LEVEL           debug, info, warn or error (default info)\n"
     "  --log-format FORMAT         text (default) or json (one JSON object per line)\n"
     "  --access-log                log every HTTP request and WebSocket open and close\n"
@@ -113,6 +116,7 @@ enum {
     F_METRICS,
     F_LOG_FORMAT,
     F_ACCESS_LOG,
+    F_WORKERS,
     F_COUNT
 };
 
@@ -195,12 +199,17 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
     (void)revents;
     char err[1024];
     mw__app_reload(main_lua, "SIGHUP", err, sizeof err);
+    if (main_lua->hub)
+        mw__hub_reload(main_lua->hub, 0);
 }
 
 static void on_watch(void *ud)
 {
     char err[1024];
-    mw__app_reload(ud, "--watch", err, sizeof err);
+    mw_lua_t *S = ud;
+    mw__app_reload(S, "--watch", err, sizeof err);
+    if (S->hub)
+        mw__hub_reload(S->hub, 0);
 }
 
 /* Graceful shutdown: the first SIGTERM or SIGINT stops accepting, closes
@@ -208,7 +217,7 @@ static void on_watch(void *ud)
  * to shutdown_timeout; a second one, or SIGQUIT, stops at once. */
 static mw_worker_t *main_worker;
 static ev_timer drain_check, drain_deadline;
-static int draining;
+static int draining, forced;
 
 static void drain_poll(struct ev_loop *loop, ev_timer *t, int revents)
 {
@@ -237,10 +246,13 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
                                               : "SIGTERM";
     if (draining || w->signum == SIGQUIT) {
         mw_warn("received %s; stopping now", name);
+        forced = 1;
         ev_break(loop, EVBREAK_ALL);
         return;
     }
     draining = 1;
+    if (main_lua->hub)
+        mw__hub_drain(main_lua->hub, 0);
     size_t open = mw__worker_drain(main_worker);
     mw_info("received %s; shutting down gracefully (%zu connections, up to %.3g s; send it "
             "again to stop now)",
@@ -277,6 +289,7 @@ int main(int argc, char **argv)
         [F_METRICS] = {"--metrics", 2, 0, 0, NULL},
         [F_LOG_FORMAT] = {"--log-format", 6, 0, 0, NULL},
         [F_ACCESS_LOG] = {"--access-log", 4, 0, 0, NULL},
+        [F_WORKERS] = {"--workers", 7, 0, 0, NULL},
     };
     const char *app_path = NULL;
     const char *trees[33] = {NULL};
@@ -345,6 +358,14 @@ int main(int argc, char **argv)
                 return fail(f->kind == 0 ? "option %s: '%s' is not a number of seconds >= 0"
                                          : "option %s: '%s' is not a whole number >= 0",
                             name, value);
+        } else if (f->kind == 7) {
+            long n = strcmp(value, "auto") == 0 ? sysconf(_SC_NPROCESSORS_ONLN) : -1;
+            if (n < 0 && parse_number(value, 0, &f->value) == 0)
+                n = (long)f->value;
+            if (n < 1 || n > 256)
+                return fail("option %s: '%s' is not a number of workers (1-256) or auto", name,
+                            value);
+            f->value = (double)n;
         } else if (f->kind == 6) {
             if (strcmp(value, "text") != 0 && strcmp(value, "json") != 0)
                 return fail("option %s: '%s' is not text or json", name, value);
@@ -366,7 +387,7 @@ int main(int argc, char **argv)
     mw__config_defaults(&cfg);
     mw_lua_t S;
     char err[1024];
-    if (mw__lua_open(&S, app_path, trees, err, sizeof err) != 0) {
+    if (mw__lua_open(&S, app_path, trees, 0, 1, err, sizeof err) != 0) {
         fprintf(stderr, "moonwire: %s\n", err);
         mw__lua_close(&S);
         return 1;
@@ -405,6 +426,8 @@ int main(int argc, char **argv)
         cfg.max_body_size = (size_t)flags[F_MAXBODY].value;
     if (flags[F_SHUTDOWN].set)
         cfg.shutdown_timeout = flags[F_SHUTDOWN].value;
+    if (flags[F_WORKERS].set)
+        cfg.workers = (int)flags[F_WORKERS].value;
     if (flags[F_TLS_LISTEN].set &&
         split_hostport(flags[F_TLS_LISTEN].str, cfg.tls_listen_host, sizeof cfg.tls_listen_host,
                        &cfg.tls_listen_port) != 0) {
@@ -421,6 +444,9 @@ int main(int argc, char **argv)
         return fail("invalid configuration: %s%s", bad, "");
     }
 
+    /* The app loaded before the number of workers was known (it may set
+     * it): tell its state now. */
+    mw__lua_set_workers(&S, cfg.workers);
     main_loop = ev_default_loop(EVFLAG_AUTO);
     mw_worker_t w;
     mw__worker_init(&w, main_loop, &cfg, &mw__lua_ops, &S);
@@ -496,6 +522,39 @@ int main(int argc, char **argv)
         }
         mw_info("watching %s for edits", dir);
     }
+    /* Workers 2..N: their own threads, loops and Lua states, on the ports
+     * worker 1 bound (port 0 picks one for all). */
+    mw_hub_t hub;
+    memset(&hub, 0, sizeof hub);
+    mw_thread_spec_t spec;
+    if (cfg.workers > 1) {
+        mw__hub_init(&hub, cfg.workers);
+        hub.slots[0].loop = main_loop;
+        hub.slots[0].w = &w;
+        hub.slots[0].S = &S;
+        mw__hub_attach(&hub, 0);
+        S.hub = &hub;
+        memset(&spec, 0, sizeof spec);
+        spec.app_path = app_path;
+        spec.trees = trees;
+        spec.cfg = cfg;
+        spec.cfg.listen_port = mw__worker_port(&w);
+        if (w.tls_fd >= 0)
+            spec.cfg.tls_listen_port = mw__worker_tls_port(&w);
+        spec.force_max_message_size = S.force_max_message_size;
+        spec.access_log = w.access_log;
+        spec.timing = w.timing;
+        if (mw__threads_start(&hub, &spec, err, sizeof err) != 0) {
+            fprintf(stderr, "moonwire: worker: %s\n", err);
+            mw__hub_detach(&hub, 0);
+            mw__worker_stop(&w);
+            mw__lua_close(&S);
+            mw__worker_free(&w);
+            mw__hub_free(&hub);
+            return 1;
+        }
+        mw_info("%d workers share the port", cfg.workers);
+    }
     mw__worker_start(&w);
     ev_signal sig_hup;
     ev_signal_init(&sig_hup, on_hup, SIGHUP);
@@ -519,6 +578,15 @@ int main(int argc, char **argv)
                        mw__worker_tls_port(&w));
     ev_run(main_loop, 0);
 
+    if (cfg.workers > 1) {
+        /* Worker 1 is done; the others finish their own drain (or stop now
+         * after a second signal), then end. */
+        if (forced || !draining)
+            mw__hub_stop(&hub, 0);
+        mw__threads_join(&hub);
+        mw__hub_detach(&hub, 0);
+        S.hub = NULL;
+    }
     mw__watch_stop(&watch);
     ev_signal_stop(main_loop, &sig_hup);
     mw__worker_stop(&w);
@@ -530,6 +598,8 @@ int main(int argc, char **argv)
     ev_timer_stop(main_loop, &drain_check);
     ev_timer_stop(main_loop, &drain_deadline);
     ev_loop_destroy(main_loop);
+    if (cfg.workers > 1)
+        mw__hub_free(&hub);
     mw_info("stopped");
     return 0;
 }

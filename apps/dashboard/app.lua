@@ -69,13 +69,18 @@ local function sample()
   }
 end
 
-app:every(INTERVAL, function()
-  local s = sample()
-  local h = state.history
-  h[#h + 1] = s
-  if #h > KEEP then table.remove(h, 1) end
-  app:publish(TOPIC, cjson.encode(s))
-end)
+-- Timers run in every worker (--workers): one of them samples, and the
+-- topic carries each sample to the viewers on all of them. (History for a
+-- new page is kept by that worker; pages on others start with live data.)
+if moonwire.worker == 1 then
+  app:every(INTERVAL, function()
+    local s = sample()
+    local h = state.history
+    h[#h + 1] = s
+    if #h > KEEP then table.remove(h, 1) end
+    app:publish(TOPIC, cjson.encode(s))
+  end)
+end
 
 app:websocket("/live", {
   compression = true,

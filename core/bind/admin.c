@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "admin.h"
+#include "hub.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -49,7 +50,10 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
             mw__conn_http_error(c, 405, "Allow: POST\r\n", "use POST /reload");
             return;
         }
-        if (mw__app_reload(S, "admin request", err, sizeof err) == 0) {
+        int rc = mw__app_reload(S, "admin request", err, sizeof err);
+        if (S->hub) /* the other workers reload too, each on its own loop */
+            mw__hub_reload(S->hub, S->index);
+        if (rc == 0) {
             snprintf(body, sizeof body, "{\"ok\":true,\"reloads\":%u}\n", S->reloads);
             answer(c, 200, body);
         } else {

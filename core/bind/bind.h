@@ -48,14 +48,16 @@ typedef struct mw_lua {
     size_t nroutes;
     struct mw_timer *timers; /* every armed timer */
     int loading;             /* a reload is running the app file: hold new timers */
+    struct mw_hub *hub;      /* the other workers, or NULL with one */
+    int index, nworkers;     /* this worker (0-based) of how many */
     unsigned reloads, reload_failures;
 } mw_lua_t;
 
 /* Creates the Lua state, loads the app file and keeps the app. Modules are
  * also found in the LuaRocks trees of rocks_trees (NULL-terminated, or NULL). Returns 0, or
  * -1 with one line in err naming the file (and line) and what to fix. */
-int mw__lua_open(mw_lua_t *S, const char *app_path, const char *const *rocks_trees, char *err,
-                 size_t errlen);
+int mw__lua_open(mw_lua_t *S, const char *app_path, const char *const *rocks_trees, int index,
+                 int nworkers, char *err, size_t errlen);
 
 /* Runs the app file and checks it returned an app. Returns 0 with the app
  * on the top of the stack, or -1 with one line in err (FILE:LINE: ...) and
@@ -67,6 +69,9 @@ int mw__lua_load_app(mw_lua_t *S, char *err, size_t errlen);
  * connections keep everything else. On failure nothing changes and err
  * holds the reason (FILE:LINE: ...). Returns 0 or -1. */
 int mw__lua_reload(mw_lua_t *S, char *err, size_t errlen);
+
+/* Tells the state how many workers run (moonwire.workers). */
+void mw__lua_set_workers(mw_lua_t *S, int n);
 
 /* Applies the app's options (moonwire.app{...}) onto cfg. */
 void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "bind.h"
+#include "hub.h"
 #include "log.h"
 #include "pubsub.h"
 #include "static.h"
@@ -474,6 +475,10 @@ static int l_publish(lua_State *L)
     w->stats.publishes++;
     lua_pushnumber(L, (lua_Number)mw__pubsub_publish(w->pubsub, topic, tl, lua_toboolean(L, 3),
                                                      data, dl, NULL));
+    /* Topics are global: the other workers' subscribers get it too. */
+    mw_lua_t *S = lua_touserdata(L, lua_upvalueindex(1));
+    if (S->hub)
+        mw__hub_publish(S->hub, S->index, topic, tl, data, dl, lua_toboolean(L, 3));
     return 1;
 }
 

@@ -278,6 +278,12 @@ int mw__luaopen_core(lua_State *L)
     lua_setfield(L, -2, "ERROR");
     lua_pushstring(L, MW_VERSION_STRING);
     lua_setfield(L, -2, "version");
+    /* Which worker runs this state (1-based), of how many: timers and
+     * module state are per worker, topics are global. */
+    lua_pushinteger(L, S->index + 1);
+    lua_setfield(L, -2, "worker");
+    lua_pushinteger(L, S->nworkers > 0 ? S->nworkers : 1);
+    lua_setfield(L, -2, "workers");
     mw__routes_register(L, S);
     mw__timer_register(L, S);
     return 1;

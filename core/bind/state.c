@@ -149,10 +149,12 @@ static void first_line(char *s)
             *p = ' ';
 }
 
-int mw__lua_open(mw_lua_t *S, const char *app_path, const char *const *rocks_trees, char *err,
-                 size_t errlen)
+int mw__lua_open(mw_lua_t *S, const char *app_path, const char *const *rocks_trees, int index,
+                 int nworkers, char *err, size_t errlen)
 {
     memset(S, 0, sizeof *S);
+    S->index = index;
+    S->nworkers = nworkers;
     S->app_ref = S->routes_ref = S->body_ref = LUA_NOREF;
     S->app_path = app_path;
     lua_State *L = luaL_newstate();
@@ -273,6 +275,7 @@ void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
     NUM_OPT("handshake_timeout", handshake_timeout, double);
     NUM_OPT("close_timeout", close_timeout, double);
     NUM_OPT("shutdown_timeout", shutdown_timeout, double);
+    NUM_OPT("workers", workers, int);
     NUM_OPT("max_message_size", max_message_size, uint64_t);
     NUM_OPT("max_header_bytes", max_header_bytes, size_t);
     NUM_OPT("max_headers", max_headers, size_t);
@@ -416,3 +419,22 @@ static int op_on_drain(void *ud, mw_conn_t *c)
 
 const mw_app_ops_t mw__lua_ops = {mw__route_upgrade, mw__route_http, op_on_open,
                                   op_on_message,     op_on_drain,    op_on_close};
+
+void mw__lua_set_workers(mw_lua_t *S, int n)
+{
+    lua_State *L = S->L;
+    S->nworkers = n;
+    /* moonwire.core.workers and moonwire.workers (copied at require). */
+    const char *mods[] = {"moonwire.core", "moonwire"};
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    for (int i = 0; i < 2; i++) {
+        lua_getfield(L, -1, mods[i]);
+        if (lua_istable(L, -1)) {
+            lua_pushinteger(L, n);
+            lua_setfield(L, -2, "workers");
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+}

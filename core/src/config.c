@@ -14,6 +14,7 @@ void mw__config_defaults(mw_config_t *cfg)
     cfg->handshake_timeout = 10;
     cfg->close_timeout = 5;
     cfg->shutdown_timeout = 10;
+    cfg->workers = 1;
     cfg->max_message_size = 1u << 20;
     cfg->max_header_bytes = 8192;
     cfg->max_headers = 64;
@@ -37,6 +38,8 @@ const char *mw__config_check(const mw_config_t *cfg)
         return "close_timeout must be positive";
     if (cfg->ping_interval > 0 && cfg->pong_timeout <= 0)
         return "pong_timeout must be positive when ping_interval is set";
+    if (cfg->workers < 1 || cfg->workers > 256)
+        return "workers must be from 1 to 256";
     if (cfg->max_connections < 1)
         return "max_connections must be at least 1";
     if (cfg->max_message_size < 1)

@@ -15,6 +15,7 @@ typedef struct mw_config {
     double idle_timeout;       /* s without a data message before closing; 0 = off */
     double handshake_timeout;  /* s to complete the HTTP upgrade */
     double close_timeout;      /* s to wait for the peer's close frame */
+    int workers;               /* threads, each with its own loop and Lua state */
     double shutdown_timeout;   /* s a graceful shutdown waits for connections */
     uint64_t max_message_size; /* bytes per message, default for routes */
     size_t max_header_bytes;   /* bytes of an HTTP request head */

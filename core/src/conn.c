@@ -54,7 +54,9 @@ mw_conn_t *mw__conn_new(mw_worker_t *w, int fd, const struct sockaddr *sa, sockl
     mw_conn_t *c = mw__xcalloc(1, sizeof *c);
     c->w = w;
     c->tp = w->short_io ? &short_transport : &tcp_transport;
-    c->id = ++w->next_id;
+    /* Unique in the process: worker i numbers i+1, i+1+N, i+1+2N... */
+    c->id = (w->next_id += (uint64_t)(w->cfg.workers > 0 ? w->cfg.workers : 1)) - w->cfg.workers +
+            (uint64_t)w->index + 1;
     c->refs = 1;
     c->state = MW_CONN_HTTP;
     c->app_ref = -2; /* LUA_NOREF */

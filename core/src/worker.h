@@ -111,6 +111,7 @@ struct mw_worker {
     mw_tlist_t idle;            /* ordered by the last data message received */
 
     mw_stats_t stats;
+    int index;      /* this worker, 0-based, of cfg.workers */
     int access_log; /* log a line per HTTP request and per WebSocket open/close */
     int timing;     /* measure time in handlers (once metrics are read) */
     int short_io;   /* test mode: one byte per read and write */

@@ -35,6 +35,8 @@ local M = {
   _VERSION = core.version,
   sleep = core.sleep,
   now = core.now,
+  worker = core.worker,   -- this worker's number, 1..workers (--workers)
+  workers = core.workers,
   stats = core.stats,
 }
 
@@ -68,6 +70,7 @@ local APP_OPTIONS = {
   handshake_timeout = "seconds",
   close_timeout = "seconds",
   shutdown_timeout = "seconds0",
+  workers = "count",
   max_message_size = "bytes",
   max_header_bytes = "bytes",
   max_headers = "count",
