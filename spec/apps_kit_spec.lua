@@ -99,4 +99,20 @@ describe("apps/dashboard (moonwire.testing)", function()
     for i = 2, #sa do assert.equal(sa[i - 1] + 1, sa[i]) end
     t:assert_no_errors()
   end)
+
+  it("samples only on worker 1 when it runs as one of several workers", function()
+    local path = t.app.routes[1].path
+    t:close()
+    -- after_each closes this one.
+    t = testing.load("apps/dashboard/app.lua", { worker = 2, workers = 2 })
+    local c = t:connect(path)
+    assert.is_true(c.accepted)
+    t:advance(3)
+    assert.equal(2, t.moonwire.worker)
+    assert.equal(2, t.moonwire.workers)
+    local msgs = c:messages()
+    assert.equal(1, #msgs)
+    assert.equal("hello", decode(msgs[1]).type)
+    t:assert_no_errors()
+  end)
 end)

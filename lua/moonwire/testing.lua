@@ -726,6 +726,7 @@ local function make_core(kit)
   local core = {
     DEBUG = DEBUG, INFO = INFO, WARN = WARN, ERROR = ERROR,
     version = "moonwire.testing",
+    worker = kit.worker, workers = kit.workers,
   }
 
   function core.sleep(s)
@@ -1167,6 +1168,8 @@ end
 --   start_time  the virtual clock at the start (default 1700000000)
 --   log_level   "debug" (default: every line is kept), "info", "warn", "error"
 --   print_logs  also write log lines to stderr
+--   worker, workers  what moonwire.worker and moonwire.workers say
+--               (default 1 and 1: the app runs as the only worker)
 function M.load(app, options)
   options = options or {}
   if type(app) ~= "string" and type(app) ~= "function" then
@@ -1175,9 +1178,16 @@ function M.load(app, options)
   end
   local level = LEVELS[options.log_level or "debug"]
   if not level then kit_error("testing.load: log_level must be debug, info, warn or error", 2) end
+  local workers = options.workers or 1
+  local worker = options.worker or 1
+  if type(workers) ~= "number" or workers < 1 or workers % 1 ~= 0
+      or type(worker) ~= "number" or worker < 1 or worker > workers or worker % 1 ~= 0 then
+    kit_error("testing.load: worker and workers must be whole numbers with 1 <= worker <= workers", 2)
+  end
   local kit = setmetatable({
     clock = options.start_time or 1700000000,
     log_level = level, print_logs = options.print_logs,
+    worker = worker, workers = workers,
     events = {}, seq = 0, ready = {}, timers = {}, pending_timers = {},
     topics = {}, connections = {}, errors = {}, logs = {},
     next_id = 0, next_port = 40000,
