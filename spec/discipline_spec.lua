@@ -10,12 +10,7 @@ local socket = require "socket"
 local PROBE = "spec/apps/probe.lua"
 local now = socket.gettime
 
--- Asserts exactly one on_close for `id` and returns its code and reason.
-local function one_close(observer, id, timeout)
-  local closes, events = probe.wait_closed(observer, id, timeout)
-  assert.are.equal(1, #closes, "on_close calls for " .. id .. ": " .. table.concat(events, " | "))
-  return probe.parse_close(closes[1])
-end
+local one_close = probe.one_close
 
 describe("discipline", function()
   after_each(function()

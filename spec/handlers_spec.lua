@@ -10,11 +10,7 @@ local socket = require "socket"
 local PROBE = "spec/apps/probe.lua"
 local now = socket.gettime
 
-local function one_close(observer, id, timeout)
-  local closes, events = probe.wait_closed(observer, id, timeout)
-  assert.are.equal(1, #closes, "on_close calls for " .. id .. ": " .. table.concat(events, " | "))
-  return probe.parse_close(closes[1])
-end
+local one_close = probe.one_close
 
 -- The id of the connection (opened after `observer`) whose second event is `second`.
 local function find_conn(observer, second, timeout)

@@ -1,6 +1,7 @@
 -- Helpers for specs that run spec/apps/probe.lua: asking the app (through an observer
 -- connection) what happened to another connection.
 
+local luassert = require "luassert"
 local socket = require "socket"
 local ws = require "spec.support.ws"
 
@@ -65,6 +66,14 @@ end
 function M.parse_close(e)
   local code, reason = e:match("^close:([^:]*):(.*)$")
   return tonumber(code), reason
+end
+
+-- Asserts exactly one on_close for `id` (a busted assertion) and returns its
+-- code and reason.
+function M.one_close(observer, id, timeout)
+  local closes, events = M.wait_closed(observer, id, timeout)
+  luassert.are.equal(1, #closes, "on_close calls for " .. id .. ": " .. table.concat(events, " | "))
+  return M.parse_close(closes[1])
 end
 
 return M
