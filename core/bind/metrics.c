@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "bind.h"
+#include "broker.h"
 #include "metrics.h"
 
 /* Gauges that are sums over connections. */
@@ -119,6 +120,23 @@ size_t mw__metrics_render(mw_lua_t *S, char *out, size_t cap)
     put(&b, "moonwire_reloads_total{result=\"failed\"} %u\n", S->reload_failures);
     gauge(&b, "moonwire_lua_memory_bytes", "Memory used by the Lua state.",
           (double)lua_gc(S->L, LUA_GCCOUNT, 0) * 1024.0 + (double)lua_gc(S->L, LUA_GCCOUNTB, 0));
+    if (S->broker) {
+        mw_broker_stats_t bs;
+        mw__broker_stats(S->broker, &bs);
+        gauge(&b, "moonwire_broker_connected", "1 while the Redis broker is connected.",
+              bs.connected);
+        counter(&b, "moonwire_broker_published_total", "Publishes sent to Redis.", bs.published);
+        counter(&b, "moonwire_broker_received_total",
+                "Messages from other processes delivered through Redis.", bs.received);
+        head(&b, "moonwire_broker_dropped_total", "counter",
+             "Publishes that reached only this process, by reason.");
+        put(&b, "moonwire_broker_dropped_total{reason=\"disconnected\"} %llu\n", bs.dropped_down);
+        put(&b, "moonwire_broker_dropped_total{reason=\"max_pending\"} %llu\n", bs.dropped_full);
+        counter(&b, "moonwire_broker_reconnects_total", "Connections to Redis made again.",
+                bs.reconnects);
+        gauge(&b, "moonwire_broker_subscriptions", "Redis channels followed.",
+              (double)bs.subscriptions);
+    }
     return b.len;
 }
 
@@ -201,5 +219,19 @@ int mw__lua_stats(lua_State *L)
     lua_setfield(L, -2, "reloads");
     setnum(L, "lua_memory_bytes",
            (double)lua_gc(L, LUA_GCCOUNT, 0) * 1024.0 + (double)lua_gc(L, LUA_GCCOUNTB, 0));
+    if (S->broker) {
+        mw_broker_stats_t bs;
+        mw__broker_stats(S->broker, &bs);
+        lua_newtable(L);
+        lua_pushboolean(L, bs.connected);
+        lua_setfield(L, -2, "connected");
+        setnum(L, "published", (double)bs.published);
+        setnum(L, "received", (double)bs.received);
+        setnum(L, "dropped_disconnected", (double)bs.dropped_down);
+        setnum(L, "dropped_max_pending", (double)bs.dropped_full);
+        setnum(L, "reconnects", (double)bs.reconnects);
+        setnum(L, "subscriptions", (double)bs.subscriptions);
+        lua_setfield(L, -2, "broker");
+    }
     return 1;
 }
