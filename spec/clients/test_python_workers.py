@@ -27,15 +27,6 @@ import websockets  # noqa: E402
 APP = "spec/clients/apps/app_workers.lua"
 
 
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class WorkersTest(MoonwireCase):
     app = APP
     flags = ("--workers", "2")
@@ -79,7 +70,7 @@ class WorkersTest(MoonwireCase):
             await c.close()
 
     async def test_reload_reaches_every_worker(self):
-        admin = free_port()
+        admin = mwserver.free_port()
         tmp = tempfile.mkdtemp(prefix="mw-workers-")
         self.addCleanup(shutil.rmtree, tmp, True)
         app = os.path.join(tmp, "app.lua")
