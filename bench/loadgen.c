@@ -65,6 +65,7 @@ static struct {
     enum mode mode;
     const char *host;
     int port;
+    int pub_port; /* broadcast: the publisher's server (another process), 0 = port */
     const char *path, *sub_path, *pub_path;
     int conns;        /* echo/raw/idle connections, broadcast subscribers */
     int depth;        /* messages in flight per connection (broadcast: publishes) */
@@ -783,7 +784,8 @@ static int conn_start(struct worker *w, struct conn *c)
             return -1;
         }
     }
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
+    int port = c->role == R_PUB && opt.pub_port ? opt.pub_port : opt.port;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, opt.host, &sa.sin_addr);
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS) {
         conn_error(c, "connect: %s", strerror(errno));
@@ -1418,6 +1420,7 @@ static void usage(void)
             "  --duration S    measured seconds (5)    --warmup S (1)\n"
             "  --threads N     echo/raw epoll threads (1)\n"
             "  --sub-path P (/sub) --pub-path P (/pub) broadcast routes\n"
+            "  --pub-port N        broadcast: publish through another server (a broker)\n"
             "  --procs N       idle: processes (1)     --src-addrs N  use 127.0.0.2..N+1\n"
             "  --hold S        idle: hold time (2)     --ramp-pending N (256)\n"
             "  --server-pid P  idle: read the server's RSS from /proc/P/status\n"
@@ -1457,6 +1460,8 @@ int main(int argc, char **argv)
             opt.sub_path = v;
         else if (ARG("--pub-path"))
             opt.pub_path = v;
+        else if (ARG("--pub-port"))
+            opt.pub_port = atoi(v);
         else if (ARG("--conns"))
             opt.conns = atoi(v);
         else if (ARG("--depth"))

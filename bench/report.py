@@ -337,12 +337,16 @@ def report(a):
     md.append("![throughput](bench-throughput.png)\n")
     md.append("![latency](bench-latency.png)\n")
     md.append("![memory per idle connection](bench-rss.png)\n")
-    md.append("## Not measured yet\n")
+    md.append("## Variants, and what is not measured yet\n")
     md.append("- TLS and permessage-deflate: neither the generator nor (at the time of writing) "
               "the server speak them; bench/run.sh has the hooks (`variants`).\n"
-              "- `--workers 2`: runs automatically as the `moonwire-workers2` variant once "
-              "`moonwire --help` lists `--workers`; the server then shares CPU 1 with the "
-              "generator, so it is not a per-core figure.\n"
+              "- Variants: `moonwire-workers2` is `--workers 2`, pinned to both CPUs, so it "
+              "shares CPU 1 with the generator: not a per-core figure (on this 2-core machine "
+              "it shows the cost of the hub, not the gain of a second core). "
+              "`moonwire-broker` (broadcast only) is cross-process fan-out through Redis: the "
+              "subscribers on one moonwire process, the publisher on another, both with "
+              "`--broker` to one redis-server, all three on CPU 0; its latency is publisher "
+              "-> process A -> Redis -> process B -> subscriber.\n"
               "- nginx broadcast is a Lua fan-out (per-subscriber queue and semaphore in one "
               "worker): it has no native pub/sub.\n")
     os.makedirs(a.docs, exist_ok=True)

@@ -64,6 +64,9 @@ servers="${peers_ok# }"
 variants="plain"
 mw_help="$("$build/moonwire" --help 2>&1 || true)"
 if grep -q -- '--workers' <<<"$mw_help"; then variants+=" workers2"; fi
+# broker: broadcast across two moonwire processes through a redis-server
+# (subscribers on one, the publisher on the other); all three on the server CPU.
+if grep -q -- '--broker' <<<"$mw_help" && have redis-server; then variants+=" broker"; fi
 # if grep -q -- '--tls-listen' <<<"$mw_help" && "$out/loadgen" 2>&1 | grep -q -- --tls; then variants+=" tls"; fi
 # if grep -q -- 'deflate' <<<"$mw_help" && "$out/loadgen" 2>&1 | grep -q -- --deflate; then variants+=" deflate"; fi
 
@@ -72,7 +75,7 @@ fdlimit="$(ulimit -Hn)"
 ulimit -n "$fdlimit"
 max_conns=$((fdlimit - 100)) # the server's own descriptors: listener, epoll, logs, Lua
 port=$((21000 + RANDOM % 20000))
-SPID="" SPORT="" RSSPID="" SLOG=""
+SPID="" SPORT="" RSSPID="" SLOG="" PUBPORT="" EXTRA_PIDS=""
 work="$(mktemp -d /tmp/moonwire-bench.XXXXXX)"
 cleanup() { stop_server; rm -rf "$work"; }
 trap cleanup EXIT
@@ -96,7 +99,21 @@ start_server() { # start_server SERVER APP VARIANT
     moonwire)
         local extra=()
         [ "$variant" = workers2 ] && { extra=(--workers 2); pin=(taskset -c "$scpu,$gcpu"); }
-        "${pin[@]}" "$build/moonwire" "$here/apps/$app.lua" --listen "127.0.0.1:$port" \
+        if [ "$variant" = broker ]; then
+            local rport=$((port + 1)) pport=$((port + 2))
+            "${pin[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
+                --dir "$work" --logfile "$work/redis.log" &
+            EXTRA_PIDS="$!"
+            wait_port "$rport" || { say "redis-server did not start"; return 1; }
+            extra=(--broker "redis://127.0.0.1:$rport")
+            "${pin[@]}" "$build/moonwire" "$here/apps/$app.lua" --listen "127.0.0.1:$pport" \
+                --max-connections "$max_conns" --log-level warn "${extra[@]}" 2>"$SLOG.pub" &
+            EXTRA_PIDS+=" $!"
+            wait_port "$pport" || { say "moonwire (publisher side) did not start"; return 1; }
+            PUBPORT=$pport
+            port=$pport
+        fi
+        "${pin[@]}" "$build/moonwire" "$here/apps/$app.lua" --listen "127.0.0.1:$SPORT" \
             --max-connections "$max_conns" --log-level warn "${extra[@]}" 2>"$SLOG" &
         SPID=$! RSSPID=$SPID ;;
     raw)
@@ -116,7 +133,7 @@ start_server() { # start_server SERVER APP VARIANT
         "${pin[@]}" nginx -p "$p" -c "$p/nginx.conf" 2>"$SLOG" &
         SPID=$! ;;
     esac
-    if ! wait_port "$port"; then
+    if ! wait_port "$SPORT"; then
         say "$s did not start: $(tail -3 "$SLOG" "$work/nginx/error.log" 2>/dev/null)"
         stop_server
         return 1
@@ -125,6 +142,9 @@ start_server() { # start_server SERVER APP VARIANT
 }
 
 stop_server() {
+    for p in $EXTRA_PIDS; do kill "$p" 2>/dev/null || true; done
+    for p in $EXTRA_PIDS; do wait "$p" 2>/dev/null || true; done
+    EXTRA_PIDS="" PUBPORT=""
     [ -n "$SPID" ] || return 0
     kill "$SPID" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
@@ -154,6 +174,7 @@ for sc in $scenarios; do
         [ "$s" = raw ] && [[ $sc == broadcast-* ]] && continue
         for v in $variants; do
             [ "$v" != plain ] && [ "$s" != moonwire ] && continue
+            [ "$v" = broker ] && [[ $sc != broadcast-* ]] && continue
             plan+=("$sc $s $v")
         done
     done
@@ -187,6 +208,7 @@ for item in "${plan[@]}"; do
         fi
         [ "${args[0]}" = idle ] && gen+=(--server-pid "$RSSPID")
         [ "${args[0]}" = broadcast ] && gen+=(--sub-path /sub --pub-path /pub)
+        [ -n "$PUBPORT" ] && gen+=(--pub-port "$PUBPORT")
         "${gen[@]}" >"$f" 2>"$work/gen.err" || { failures=$((failures + 1)); cat "$work/gen.err" >&2; }
         stop_server
         line="$(python3 "$here/report.py" --summary "$f")"

@@ -14,6 +14,7 @@
 #include "admin.h"
 #include "admin_client.h"
 #include "bind.h"
+#include "broker.h"
 #include "hub.h"
 #include "threads.h"
 #include "config.h"
@@ -57,6 +58,10 @@ static const char usage[] =
     "  --tls-listen HOST:PORT      also serve wss:// and https:// here (needs cert and key)\n"
     "  --tls-cert FILE             PEM certificate chain (re-read on SIGHUP)\n"
     "  --tls-key FILE              PEM private key\n"
+    "  --broker redis://HOST:PORT  share topics with other moonwire processes through Redis\n"
+    "  --broker-prefix PREFIX      Redis channel prefix (default moonwire:)\n"
+    "  --broker-max-pending BYTES  publishes Redis has not acknowledged (default 16777216)\n"
+    "  --broker-timeout SECONDS    to connect to Redis, and for its PING answers (default 5)\n"
     "  --admin HOST:PORT           admin listener: POST /reload, GET /status (off by default;\n"
     "                              keep it on a loopback address)\n"
     "  -h, --help                  show this help\n"
@@ -86,7 +91,8 @@ static int parse_number(const char *s, int allow_fraction, double *out)
 
 typedef struct flag {
     const char *name;
-    int kind; /* 0 seconds, 1 whole number, 2 HOST:PORT, 3 log level, 4 switch, 5 path */
+    int kind; /* 0 seconds, 1 whole number, 2 HOST:PORT, 3 log level, 4 switch, 5 path,
+               * 6 log format, 7 workers, 8 text */
     int set;
     double value;
     const char *str;
@@ -117,6 +123,10 @@ enum {
     F_LOG_FORMAT,
     F_ACCESS_LOG,
     F_WORKERS,
+    F_BROKER,
+    F_BROKER_PREFIX,
+    F_BROKER_MAX_PENDING,
+    F_BROKER_TIMEOUT,
     F_COUNT
 };
 
@@ -290,6 +300,10 @@ int main(int argc, char **argv)
         [F_LOG_FORMAT] = {"--log-format", 6, 0, 0, NULL},
         [F_ACCESS_LOG] = {"--access-log", 4, 0, 0, NULL},
         [F_WORKERS] = {"--workers", 7, 0, 0, NULL},
+        [F_BROKER] = {"--broker", 8, 0, 0, NULL},
+        [F_BROKER_PREFIX] = {"--broker-prefix", 8, 0, 0, NULL},
+        [F_BROKER_MAX_PENDING] = {"--broker-max-pending", 1, 0, 0, NULL},
+        [F_BROKER_TIMEOUT] = {"--broker-timeout", 0, 0, 0, NULL},
     };
     const char *app_path = NULL;
     const char *trees[33] = {NULL};
@@ -438,7 +452,17 @@ int main(int argc, char **argv)
         snprintf(cfg.tls_cert, sizeof cfg.tls_cert, "%s", flags[F_TLS_CERT].str);
     if (flags[F_TLS_KEY].set)
         snprintf(cfg.tls_key, sizeof cfg.tls_key, "%s", flags[F_TLS_KEY].str);
+    if (flags[F_BROKER].set)
+        snprintf(cfg.broker, sizeof cfg.broker, "%s", flags[F_BROKER].str);
+    if (flags[F_BROKER_PREFIX].set)
+        snprintf(cfg.broker_prefix, sizeof cfg.broker_prefix, "%s", flags[F_BROKER_PREFIX].str);
+    if (flags[F_BROKER_MAX_PENDING].set)
+        cfg.broker_max_pending = (size_t)flags[F_BROKER_MAX_PENDING].value;
+    if (flags[F_BROKER_TIMEOUT].set)
+        cfg.broker_timeout = flags[F_BROKER_TIMEOUT].value;
     const char *bad = mw__config_check(&cfg);
+    if (!bad && cfg.broker[0])
+        bad = mw__broker_check_url(cfg.broker);
     if (bad) {
         mw__lua_close(&S);
         return fail("invalid configuration: %s%s", bad, "");
@@ -523,18 +547,40 @@ int main(int argc, char **argv)
         mw_info("watching %s for edits", dir);
     }
     /* Workers 2..N: their own threads, loops and Lua states, on the ports
-     * worker 1 bound (port 0 picks one for all). */
+     * worker 1 bound (port 0 picks one for all). The hub carries publishes
+     * between them, and the broker's deliveries to each of them. */
     mw_hub_t hub;
     memset(&hub, 0, sizeof hub);
     mw_thread_spec_t spec;
-    if (cfg.workers > 1) {
+    memset(&spec, 0, sizeof spec);
+    int use_hub = cfg.workers > 1 || cfg.broker[0];
+    mw_broker_t *broker = NULL;
+    if (use_hub) {
         mw__hub_init(&hub, cfg.workers);
         hub.slots[0].loop = main_loop;
         hub.slots[0].w = &w;
         hub.slots[0].S = &S;
         mw__hub_attach(&hub, 0);
         S.hub = &hub;
-        memset(&spec, 0, sizeof spec);
+    }
+    if (cfg.broker[0]) {
+        mw_broker_options_t bo = {cfg.broker, cfg.broker_prefix, cfg.broker_max_pending,
+                                  cfg.broker_timeout};
+        broker = mw__broker_start(&bo, &hub, err, sizeof err);
+        if (!broker) {
+            fprintf(stderr, "moonwire: broker: %s\n", err);
+            mw__hub_detach(&hub, 0);
+            mw__worker_stop(&w);
+            mw__lua_close(&S);
+            mw__worker_free(&w);
+            mw__hub_free(&hub);
+            return 1;
+        }
+        S.broker = broker;
+        mw__broker_watch(broker, &w);
+        spec.broker = broker;
+    }
+    if (cfg.workers > 1) {
         spec.app_path = app_path;
         spec.trees = trees;
         spec.cfg = cfg;
@@ -550,6 +596,7 @@ int main(int argc, char **argv)
             mw__worker_stop(&w);
             mw__lua_close(&S);
             mw__worker_free(&w);
+            mw__broker_stop(broker);
             mw__hub_free(&hub);
             return 1;
         }
@@ -578,7 +625,7 @@ int main(int argc, char **argv)
                        mw__worker_tls_port(&w));
     ev_run(main_loop, 0);
 
-    if (cfg.workers > 1) {
+    if (use_hub) {
         /* Worker 1 is done; the others finish their own drain (or stop now
          * after a second signal), then end. */
         if (forced || !draining)
@@ -598,7 +645,9 @@ int main(int argc, char **argv)
     ev_timer_stop(main_loop, &drain_check);
     ev_timer_stop(main_loop, &drain_deadline);
     ev_loop_destroy(main_loop);
-    if (cfg.workers > 1)
+    /* After every worker: their last unsubscribes went to the broker. */
+    mw__broker_stop(broker);
+    if (use_hub)
         mw__hub_free(&hub);
     mw_info("stopped");
     return 0;

@@ -2,6 +2,7 @@
  * scripts: POST /reload reloads the app and answers whether it worked;
  * GET /status answers a few figures. Both answer JSON. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "admin.h"
@@ -64,10 +65,11 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
         return;
     }
     if (mw__slice_ieq(req->path, "/metrics")) {
-        static char buf[65536];
-        size_t n = mw__metrics_render(S, buf, sizeof buf);
+        size_t n;
+        char *text = mw__metrics_render(S, &n);
         static const char type[] = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
-        mw__conn_http_respond(c, 200, type, sizeof type - 1, buf, n);
+        mw__conn_http_respond(c, 200, type, sizeof type - 1, text, n);
+        free(text);
         mw__conn_http_done(c, 500);
         return;
     }

@@ -46,10 +46,11 @@ typedef struct mw_lua {
     size_t nbusy;       /* how many */
     mw_route_t *routes; /* the core's copy of the routes' limits (w->routes) */
     size_t nroutes;
-    struct mw_timer *timers; /* every armed timer */
-    int loading;             /* a reload is running the app file: hold new timers */
-    struct mw_hub *hub;      /* the other workers, or NULL with one */
-    int index, nworkers;     /* this worker (0-based) of how many */
+    struct mw_timer *timers;  /* every armed timer */
+    int loading;              /* a reload is running the app file: hold new timers */
+    struct mw_hub *hub;       /* the other workers (and the broker's deliveries), or NULL */
+    struct mw_broker *broker; /* --broker: publishes to other processes, or NULL */
+    int index, nworkers;      /* this worker (0-based) of how many */
     unsigned reloads, reload_failures;
 } mw_lua_t;
 

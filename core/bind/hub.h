@@ -10,6 +10,7 @@
 #include <pthread.h>
 
 #include "bind.h"
+#include "metrics.h"
 
 typedef struct mw_hub_msg mw_hub_msg_t;
 
@@ -25,6 +26,10 @@ typedef struct mw_slot {
     ev_timer drain_check, drain_deadline;
     int draining;
     int alive; /* its loop runs and takes mail (under mu) */
+    /* Its figures for /metrics, refreshed every second while metrics are
+     * on (under mu): worker 1 renders every worker's without stopping them. */
+    ev_timer snap_timer;
+    mw_wview_t snap;
 } mw_slot_t;
 
 typedef struct mw_hub {
@@ -49,5 +54,8 @@ void mw__hub_publish(mw_hub_t *hub, int from, const char *topic, size_t tlen, co
 void mw__hub_reload(mw_hub_t *hub, int from);
 void mw__hub_drain(mw_hub_t *hub, int from);
 void mw__hub_stop(mw_hub_t *hub, int from);
+
+/* Copies every worker's last snapshot into v[0..n-1]. */
+void mw__hub_views(mw_hub_t *hub, mw_wview_t *v);
 
 #endif

@@ -4,18 +4,18 @@
  * conventions: *_total counters, *_bytes and *_seconds units. */
 #include <lauxlib.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "bind.h"
+#include "broker.h"
+#include "hub.h"
+#include "log.h"
 #include "metrics.h"
 
-/* Gauges that are sums over connections. */
-typedef struct gauges {
-    size_t ws_open, http_open, queued;
-} gauges_t;
-
-static void gather(mw_lua_t *S, gauges_t *g)
+static void gather(mw_lua_t *S, mw_gauges_t *g)
 {
     memset(g, 0, sizeof *g);
     for (mw_conn_t *c = S->w ? S->w->all_head : NULL; c; c = c->all_next) {
@@ -29,6 +29,21 @@ static void gather(mw_lua_t *S, gauges_t *g)
     }
 }
 
+void mw__metrics_view(mw_lua_t *S, mw_wview_t *v)
+{
+    memset(v, 0, sizeof *v);
+    if (!S->w)
+        return;
+    v->st = S->w->stats;
+    gather(S, &v->g);
+    v->suspended = S->nbusy;
+    v->reloads = S->reloads;
+    v->reload_failures = S->reload_failures;
+    v->lua_bytes =
+        (double)lua_gc(S->L, LUA_GCCOUNT, 0) * 1024.0 + (double)lua_gc(S->L, LUA_GCCOUNTB, 0);
+}
+
+/* A growing text buffer. */
 typedef struct sbuf {
     char *p;
     size_t len, cap;
@@ -37,12 +52,20 @@ typedef struct sbuf {
 static void put(sbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void put(sbuf_t *b, const char *fmt, ...)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        b->len += (size_t)n < b->cap - b->len ? (size_t)n : b->cap - b->len - 1;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        b->cap = b->cap * 2 + (size_t)n;
+        b->p = mw__xrealloc(b->p, b->cap);
+    }
 }
 
 static void head(sbuf_t *b, const char *name, const char *type, const char *help)
@@ -50,76 +73,183 @@ static void head(sbuf_t *b, const char *name, const char *type, const char *help
     put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void counter(sbuf_t *b, const char *name, const char *help, unsigned long long v)
+/* The figures of every worker: with one, plain series; with several, one
+ * series per worker, labelled worker="N" (sum them for the process). */
+typedef struct views {
+    const mw_wview_t *v;
+    size_t n;
+} views_t;
+
+/* The label set for worker i, with more labels (or NULL): "", {a="b"},
+ * {worker="2"} or {worker="2",a="b"}. */
+static const char *labels(char *buf, size_t cap, const views_t *vs, size_t i, const char *more)
 {
+    if (vs->n > 1)
+        snprintf(buf, cap, "{worker=\"%zu\"%s%s}", i + 1, more ? "," : "", more ? more : "");
+    else if (more)
+        snprintf(buf, cap, "{%s}", more);
+    else
+        buf[0] = 0;
+    return buf;
+}
+
+#define STAT(field) offsetof(mw_stats_t, field)
+
+/* A counter of mw_stats_t (the uint64_t at offset off), one line per worker. */
+static void counter(sbuf_t *b, const views_t *vs, const char *name, const char *help, size_t off)
+{
+    char l[64];
     head(b, name, "counter", help);
-    put(b, "%s %llu\n", name, v);
+    for (size_t i = 0; i < vs->n; i++) {
+        uint64_t x;
+        memcpy(&x, (const char *)&vs->v[i].st + off, sizeof x);
+        put(b, "%s%s %llu\n", name, labels(l, sizeof l, vs, i, NULL), (unsigned long long)x);
+    }
 }
 
-static void gauge(sbuf_t *b, const char *name, const char *help, double v)
+/* A counter array by label: values[k] at offset off + k * 8, label name=keys[k] ("other" for 0). */
+static void counter_by(sbuf_t *b, const views_t *vs, const char *name, const char *help,
+                       const char *label, const uint16_t *keys, int nkeys, size_t off)
 {
-    head(b, name, "gauge", help);
-    put(b, "%s %.17g\n", name, v);
+    char l[96], more[48];
+    head(b, name, "counter", help);
+    for (size_t i = 0; i < vs->n; i++)
+        for (int k = 1; k <= nkeys; k++) {
+            int key = k % nkeys; /* "other" (index 0) last */
+            uint64_t x;
+            memcpy(&x, (const char *)&vs->v[i].st + off + (size_t)key * sizeof x, sizeof x);
+            if (key)
+                snprintf(more, sizeof more, "%s=\"%u\"", label, keys[key]);
+            else
+                snprintf(more, sizeof more, "%s=\"other\"", label);
+            put(b, "%s%s %llu\n", name, labels(l, sizeof l, vs, i, more), (unsigned long long)x);
+        }
 }
 
-size_t mw__metrics_render(mw_lua_t *S, char *out, size_t cap)
+/* A gauge computed per worker by get(view). */
+static void gauge(sbuf_t *b, const views_t *vs, const char *name, const char *type,
+                  const char *help, double (*get)(const mw_wview_t *))
 {
-    sbuf_t b = {out, 0, cap};
-    out[0] = 0;
+    char l[64];
+    head(b, name, type, help);
+    for (size_t i = 0; i < vs->n; i++)
+        put(b, "%s%s %.17g\n", name, labels(l, sizeof l, vs, i, NULL), get(&vs->v[i]));
+}
+
+static double get_seconds(const mw_wview_t *v)
+{
+    return v->st.handler_seconds;
+}
+static double get_suspended(const mw_wview_t *v)
+{
+    return (double)v->suspended;
+}
+static double get_queued(const mw_wview_t *v)
+{
+    return (double)v->g.queued;
+}
+static double get_lua(const mw_wview_t *v)
+{
+    return v->lua_bytes;
+}
+
+static void broker_metrics(sbuf_t *b, mw_broker_t *broker)
+{
+    mw_broker_stats_t bs;
+    mw__broker_stats(broker, &bs);
+    head(b, "moonwire_broker_connected", "gauge", "1 while the Redis broker is connected.");
+    put(b, "moonwire_broker_connected %d\n", bs.connected);
+    static const char *const names[][2] = {
+        {"moonwire_broker_published_total", "Publishes sent to Redis."},
+        {"moonwire_broker_received_total",
+         "Messages from other processes delivered through Redis."},
+        {"moonwire_broker_reconnects_total", "Connections to Redis made again."}};
+    const unsigned long long vals[] = {bs.published, bs.received, bs.reconnects};
+    for (size_t i = 0; i < 3; i++) {
+        head(b, names[i][0], "counter", names[i][1]);
+        put(b, "%s %llu\n", names[i][0], vals[i]);
+    }
+    head(b, "moonwire_broker_dropped_total", "counter",
+         "Publishes that reached only this process, by reason.");
+    put(b, "moonwire_broker_dropped_total{reason=\"disconnected\"} %llu\n", bs.dropped_down);
+    put(b, "moonwire_broker_dropped_total{reason=\"max_pending\"} %llu\n", bs.dropped_full);
+    head(b, "moonwire_broker_subscriptions", "gauge", "Redis channels followed.");
+    put(b, "moonwire_broker_subscriptions %llu\n", bs.subscriptions);
+}
+
+char *mw__metrics_render(mw_lua_t *S, size_t *len)
+{
+    sbuf_t b = {mw__xmalloc(16384), 0, 16384};
+    b.p[0] = 0;
+    *len = 0;
     if (!S->w)
-        return 0;
+        return b.p;
     S->w->timing = 1; /* someone reads the figures: time the handlers from now on */
-    const mw_stats_t *st = &S->w->stats;
-    gauges_t g;
-    gather(S, &g);
-    counter(&b, "moonwire_connections_accepted_total", "TCP connections accepted.", st->accepted);
+    /* This worker's figures now; the others' from their last snapshot. */
+    size_t n = S->hub && S->hub->n > 1 ? (size_t)S->hub->n : 1;
+    mw_wview_t *v = mw__xcalloc(n, sizeof *v);
+    if (n > 1)
+        mw__hub_views(S->hub, v);
+    mw__metrics_view(S, &v[n > 1 ? (size_t)S->index : 0]);
+    views_t vs = {v, n};
+    char l[96];
+    counter(&b, &vs, "moonwire_connections_accepted_total", "TCP connections accepted.",
+            STAT(accepted));
     head(&b, "moonwire_connections_open", "gauge", "Open connections by kind.");
-    put(&b, "moonwire_connections_open{kind=\"websocket\"} %zu\n", g.ws_open);
-    put(&b, "moonwire_connections_open{kind=\"http\"} %zu\n", g.http_open);
-    counter(&b, "moonwire_websocket_upgrades_total", "WebSocket upgrades accepted.", st->ws_opened);
-    head(&b, "moonwire_websocket_upgrades_refused_total", "counter",
-         "WebSocket upgrade requests refused, by HTTP status.");
-    for (int i = 1; i < MW_STATS_REFUSALS; i++)
-        put(&b, "moonwire_websocket_upgrades_refused_total{status=\"%u\"} %llu\n",
-            mw__stats_refusals[i], (unsigned long long)st->refused[i]);
-    put(&b, "moonwire_websocket_upgrades_refused_total{status=\"other\"} %llu\n",
-        (unsigned long long)st->refused[0]);
-    head(&b, "moonwire_websocket_closed_total", "counter",
-         "WebSocket connections ended, by the close code on_close got.");
-    for (int i = 1; i < MW_STATS_CODES; i++)
-        put(&b, "moonwire_websocket_closed_total{code=\"%u\"} %llu\n", mw__stats_codes[i],
-            (unsigned long long)st->closes[i]);
-    put(&b, "moonwire_websocket_closed_total{code=\"other\"} %llu\n",
-        (unsigned long long)st->closes[0]);
-    counter(&b, "moonwire_http_requests_total", "Plain HTTP requests answered.", st->http_requests);
-    counter(&b, "moonwire_messages_received_total", "WebSocket messages received.", st->msgs_in);
-    counter(&b, "moonwire_messages_sent_total", "WebSocket frames queued for sending.",
-            st->msgs_out);
-    counter(&b, "moonwire_received_bytes_total", "Bytes read from client sockets.", st->bytes_in);
-    counter(&b, "moonwire_sent_bytes_total", "Bytes written to client sockets.", st->bytes_out);
-    counter(&b, "moonwire_publishes_total", "app:publish calls.", st->publishes);
-    counter(&b, "moonwire_publish_deliveries_total", "Messages queued to subscribers by publishes.",
-            st->deliveries);
-    counter(&b, "moonwire_handler_calls_total", "Runs of Lua handlers (resumes).",
-            st->handler_calls);
-    counter(&b, "moonwire_handler_errors_total", "Lua handler, hook and timer errors.",
-            st->handler_errors);
-    head(&b, "moonwire_handler_seconds_total", "counter", "Time spent running Lua handlers.");
-    put(&b, "moonwire_handler_seconds_total %.9f\n", st->handler_seconds);
-    gauge(&b, "moonwire_handlers_suspended", "Handler calls suspended (sleeping or waiting).",
-          (double)S->nbusy);
-    gauge(&b, "moonwire_write_queue_bytes", "Bytes queued for clients and not yet written.",
-          (double)g.queued);
-    counter(&b, "moonwire_slow_consumer_closed_total", "Connections closed as slow consumers.",
-            st->slow_closed);
-    counter(&b, "moonwire_slow_consumer_dropped_total",
-            "Messages dropped for slow consumers (slow_consumer = \"drop\").", st->slow_dropped);
+    for (size_t i = 0; i < n; i++) {
+        put(&b, "moonwire_connections_open%s %zu\n",
+            labels(l, sizeof l, &vs, i, "kind=\"websocket\""), v[i].g.ws_open);
+        put(&b, "moonwire_connections_open%s %zu\n", labels(l, sizeof l, &vs, i, "kind=\"http\""),
+            v[i].g.http_open);
+    }
+    counter(&b, &vs, "moonwire_websocket_upgrades_total", "WebSocket upgrades accepted.",
+            STAT(ws_opened));
+    counter_by(&b, &vs, "moonwire_websocket_upgrades_refused_total",
+               "WebSocket upgrade requests refused, by HTTP status.", "status", mw__stats_refusals,
+               MW_STATS_REFUSALS, STAT(refused));
+    counter_by(&b, &vs, "moonwire_websocket_closed_total",
+               "WebSocket connections ended, by the close code on_close got.", "code",
+               mw__stats_codes, MW_STATS_CODES, STAT(closes));
+    counter(&b, &vs, "moonwire_http_requests_total", "Plain HTTP requests answered.",
+            STAT(http_requests));
+    counter(&b, &vs, "moonwire_messages_received_total", "WebSocket messages received.",
+            STAT(msgs_in));
+    counter(&b, &vs, "moonwire_messages_sent_total", "WebSocket frames queued for sending.",
+            STAT(msgs_out));
+    counter(&b, &vs, "moonwire_received_bytes_total", "Bytes read from client sockets.",
+            STAT(bytes_in));
+    counter(&b, &vs, "moonwire_sent_bytes_total", "Bytes written to client sockets.",
+            STAT(bytes_out));
+    counter(&b, &vs, "moonwire_publishes_total", "app:publish calls.", STAT(publishes));
+    counter(&b, &vs, "moonwire_publish_deliveries_total",
+            "Messages queued to subscribers by publishes.", STAT(deliveries));
+    counter(&b, &vs, "moonwire_handler_calls_total", "Runs of Lua handlers (resumes).",
+            STAT(handler_calls));
+    counter(&b, &vs, "moonwire_handler_errors_total", "Lua handler, hook and timer errors.",
+            STAT(handler_errors));
+    gauge(&b, &vs, "moonwire_handler_seconds_total", "counter", "Time spent running Lua handlers.",
+          get_seconds);
+    gauge(&b, &vs, "moonwire_handlers_suspended", "gauge",
+          "Handler calls suspended (sleeping or waiting).", get_suspended);
+    gauge(&b, &vs, "moonwire_write_queue_bytes", "gauge",
+          "Bytes queued for clients and not yet written.", get_queued);
+    counter(&b, &vs, "moonwire_slow_consumer_closed_total", "Connections closed as slow consumers.",
+            STAT(slow_closed));
+    counter(&b, &vs, "moonwire_slow_consumer_dropped_total",
+            "Messages dropped for slow consumers (slow_consumer = \"drop\").", STAT(slow_dropped));
     head(&b, "moonwire_reloads_total", "counter", "Hot reloads, by result.");
-    put(&b, "moonwire_reloads_total{result=\"ok\"} %u\n", S->reloads);
-    put(&b, "moonwire_reloads_total{result=\"failed\"} %u\n", S->reload_failures);
-    gauge(&b, "moonwire_lua_memory_bytes", "Memory used by the Lua state.",
-          (double)lua_gc(S->L, LUA_GCCOUNT, 0) * 1024.0 + (double)lua_gc(S->L, LUA_GCCOUNTB, 0));
-    return b.len;
+    for (size_t i = 0; i < n; i++) {
+        put(&b, "moonwire_reloads_total%s %u\n", labels(l, sizeof l, &vs, i, "result=\"ok\""),
+            v[i].reloads);
+        put(&b, "moonwire_reloads_total%s %u\n", labels(l, sizeof l, &vs, i, "result=\"failed\""),
+            v[i].reload_failures);
+    }
+    gauge(&b, &vs, "moonwire_lua_memory_bytes", "gauge", "Memory used by the Lua state.", get_lua);
+    if (S->broker)
+        broker_metrics(&b, S->broker);
+    free(v);
+    *len = b.len;
+    return b.p;
 }
 
 static void setnum(lua_State *L, const char *k, double v)
@@ -137,7 +267,7 @@ int mw__lua_stats(lua_State *L)
         return 1;
     S->w->timing = 1;
     const mw_stats_t *st = &S->w->stats;
-    gauges_t g;
+    mw_gauges_t g;
     gather(S, &g);
     lua_newtable(L);
     setnum(L, "accepted", (double)st->accepted);
@@ -201,5 +331,19 @@ int mw__lua_stats(lua_State *L)
     lua_setfield(L, -2, "reloads");
     setnum(L, "lua_memory_bytes",
            (double)lua_gc(L, LUA_GCCOUNT, 0) * 1024.0 + (double)lua_gc(L, LUA_GCCOUNTB, 0));
+    if (S->broker) {
+        mw_broker_stats_t bs;
+        mw__broker_stats(S->broker, &bs);
+        lua_newtable(L);
+        lua_pushboolean(L, bs.connected);
+        lua_setfield(L, -2, "connected");
+        setnum(L, "published", (double)bs.published);
+        setnum(L, "received", (double)bs.received);
+        setnum(L, "dropped_disconnected", (double)bs.dropped_down);
+        setnum(L, "dropped_max_pending", (double)bs.dropped_full);
+        setnum(L, "reconnects", (double)bs.reconnects);
+        setnum(L, "subscriptions", (double)bs.subscriptions);
+        lua_setfield(L, -2, "broker");
+    }
     return 1;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "bind.h"
+#include "broker.h"
 #include "hub.h"
 #include "log.h"
 #include "pubsub.h"
@@ -479,6 +480,9 @@ static int l_publish(lua_State *L)
     mw_lua_t *S = lua_touserdata(L, lua_upvalueindex(1));
     if (S->hub)
         mw__hub_publish(S->hub, S->index, topic, tl, data, dl, lua_toboolean(L, 3));
+    /* And with --broker, other processes' subscribers too. */
+    if (S->broker)
+        mw__broker_publish(S->broker, topic, tl, data, dl, lua_toboolean(L, 3));
     return 1;
 }
 

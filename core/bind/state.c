@@ -283,12 +283,17 @@ void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
     NUM_OPT("max_buffered", max_buffered, size_t);
     NUM_OPT("max_inbox_bytes", max_inbox_bytes, size_t);
     NUM_OPT("max_body_size", max_body_size, size_t);
+    NUM_OPT("broker_max_pending", broker_max_pending, size_t);
+    NUM_OPT("broker_timeout", broker_timeout, double);
 #undef NUM_OPT
     static const struct {
         const char *name;
         size_t off, cap;
-    } paths[] = {{"tls_cert", offsetof(mw_config_t, tls_cert), sizeof cfg->tls_cert},
-                 {"tls_key", offsetof(mw_config_t, tls_key), sizeof cfg->tls_key}};
+    } paths[] = {
+        {"tls_cert", offsetof(mw_config_t, tls_cert), sizeof cfg->tls_cert},
+        {"tls_key", offsetof(mw_config_t, tls_key), sizeof cfg->tls_key},
+        {"broker", offsetof(mw_config_t, broker), sizeof cfg->broker},
+        {"broker_prefix", offsetof(mw_config_t, broker_prefix), sizeof cfg->broker_prefix}};
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
         lua_getfield(L, -1, paths[i].name);
         if (lua_isstring(L, -1))

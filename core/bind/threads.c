@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker.h"
 #include "log.h"
 #include "threads.h"
 
@@ -58,6 +59,10 @@ static void *run(void *arg)
     w->access_log = spec->access_log;
     w->timing = spec->timing;
     mw__lua_attach(S, w);
+    if (spec->broker) {
+        S->broker = spec->broker;
+        mw__broker_watch(spec->broker, w);
+    }
     if (mw__worker_listen(w, err, sizeof err) != 0 ||
         mw__worker_listen_tls(w, err, sizeof err) != 0) {
         report(t->start, err);

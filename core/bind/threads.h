@@ -11,6 +11,7 @@ typedef struct mw_thread_spec {
     int force_max_message_size;
     int access_log;
     int timing;
+    struct mw_broker *broker; /* --broker, or NULL */
 } mw_thread_spec_t;
 
 /* Starts workers 2..N (hub slots 1..n-1): each loads the app into its own

@@ -22,6 +22,9 @@ void mw__config_defaults(mw_config_t *cfg)
     cfg->max_buffered = 4u << 20;
     cfg->max_inbox_bytes = 1u << 20;
     cfg->max_body_size = 1u << 20;
+    strcpy(cfg->broker_prefix, "moonwire:");
+    cfg->broker_max_pending = 16u << 20;
+    cfg->broker_timeout = 5;
 }
 
 const char *mw__config_check(const mw_config_t *cfg)
@@ -48,5 +51,9 @@ const char *mw__config_check(const mw_config_t *cfg)
         return "max_buffered must be at least 1024";
     if (cfg->tls_listen_host[0] && (!cfg->tls_cert[0] || !cfg->tls_key[0]))
         return "a TLS listener (tls_listen / --tls-listen) needs tls_cert and tls_key";
+    if (cfg->broker_timeout <= 0)
+        return "broker_timeout must be positive";
+    if (cfg->broker_max_pending < 1024)
+        return "broker_max_pending must be at least 1024";
     return NULL;
 }

@@ -26,8 +26,12 @@ typedef struct mw_config {
     size_t max_body_size;      /* bytes of a plain HTTP request body */
     char tls_listen_host[256]; /* TLS listener; empty: none */
     int tls_listen_port;
-    char tls_cert[4096]; /* PEM certificate chain file */
-    char tls_key[4096];  /* PEM private key file */
+    char tls_cert[4096];       /* PEM certificate chain file */
+    char tls_key[4096];        /* PEM private key file */
+    char broker[1024];         /* redis://HOST:PORT between processes; empty: none */
+    char broker_prefix[256];   /* Redis channel = prefix .. topic */
+    size_t broker_max_pending; /* bytes of publishes Redis has not acknowledged */
+    double broker_timeout;     /* s to connect to Redis and for a PING's answer */
 } mw_config_t;
 
 #define MW_DEFAULT_PORT 8080

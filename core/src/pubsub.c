@@ -22,13 +22,16 @@ struct mw_pubsub {
     mw_topic_t **buckets;
     size_t nbuckets; /* a power of two */
     size_t ntopics;
+    mw_pubsub_watch_fn watch;
+    void *watch_ud;
 };
 
-static uint32_t hash_bytes(const char *p, size_t n)
+uint32_t mw__pubsub_hash(const void *p, size_t n)
 {
+    const uint8_t *b = p;
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < n; i++) {
-        h ^= (uint8_t)p[i];
+        h ^= b[i];
         h *= 16777619u;
     }
     return h;
@@ -59,6 +62,12 @@ void mw__pubsub_free(mw_pubsub_t *ps)
     }
     free(ps->buckets);
     free(ps);
+}
+
+void mw__pubsub_watch(mw_pubsub_t *ps, mw_pubsub_watch_fn fn, void *ud)
+{
+    ps->watch = fn;
+    ps->watch_ud = ud;
 }
 
 static mw_topic_t *find(const mw_pubsub_t *ps, const char *name, size_t len, uint32_t h)
@@ -93,6 +102,8 @@ static void topic_drop(mw_pubsub_t *ps, mw_topic_t *t)
     while (*pp != t)
         pp = &(*pp)->next;
     *pp = t->next;
+    if (ps->watch)
+        ps->watch(ps->watch_ud, t->name, t->len, 0);
     free(t->subs);
     free(t);
     ps->ntopics--;
@@ -100,7 +111,7 @@ static void topic_drop(mw_pubsub_t *ps, mw_topic_t *t)
 
 int mw__pubsub_subscribe(mw_pubsub_t *ps, mw_conn_t *c, const char *name, size_t len)
 {
-    uint32_t h = hash_bytes(name, len);
+    uint32_t h = mw__pubsub_hash(name, len);
     mw_topic_t *t = find(ps, name, len, h);
     if (t) {
         for (mw_sub_t *s = c->subs; s; s = s->next_of_conn)
@@ -116,6 +127,8 @@ int mw__pubsub_subscribe(mw_pubsub_t *ps, mw_conn_t *c, const char *name, size_t
         t->next = ps->buckets[h & (ps->nbuckets - 1)];
         ps->buckets[h & (ps->nbuckets - 1)] = t;
         ps->ntopics++;
+        if (ps->watch)
+            ps->watch(ps->watch_ud, t->name, t->len, 1);
     }
     if (t->nsubs == t->cap) {
         t->cap = t->cap ? t->cap * 2 : 4;
@@ -146,7 +159,7 @@ static void sub_remove(mw_pubsub_t *ps, mw_sub_t *s)
 
 int mw__pubsub_unsubscribe(mw_pubsub_t *ps, mw_conn_t *c, const char *name, size_t len)
 {
-    mw_topic_t *t = find(ps, name, len, hash_bytes(name, len));
+    mw_topic_t *t = find(ps, name, len, mw__pubsub_hash(name, len));
     if (!t)
         return 0;
     for (mw_sub_t **pp = &c->subs; *pp; pp = &(*pp)->next_of_conn) {
@@ -171,7 +184,7 @@ void mw__pubsub_leave_all(mw_pubsub_t *ps, mw_conn_t *c)
 
 size_t mw__pubsub_count(const mw_pubsub_t *ps, const char *name, size_t len)
 {
-    mw_topic_t *t = find(ps, name, len, hash_bytes(name, len));
+    mw_topic_t *t = find(ps, name, len, mw__pubsub_hash(name, len));
     return t ? t->nsubs : 0;
 }
 
@@ -184,7 +197,7 @@ size_t mw__pubsub_publish(mw_pubsub_t *ps, const char *name, size_t len, int bin
                           const void *data, size_t dlen, size_t *dropped)
 {
     size_t sent = 0, skipped = 0;
-    mw_topic_t *t = find(ps, name, len, hash_bytes(name, len));
+    mw_topic_t *t = find(ps, name, len, mw__pubsub_hash(name, len));
     if (dropped)
         *dropped = 0;
     if (!t)

@@ -43,6 +43,14 @@ size_t mw__pubsub_count(const mw_pubsub_t *ps, const char *topic, size_t len);
 /* Topics with at least one subscriber. */
 size_t mw__pubsub_topics(const mw_pubsub_t *ps);
 
+/* Called when a topic gains its first subscriber (active = 1) or loses its
+ * last (active = 0); the Redis broker follows topics with it. */
+typedef void (*mw_pubsub_watch_fn)(void *ud, const char *topic, size_t len, int active);
+void mw__pubsub_watch(mw_pubsub_t *ps, mw_pubsub_watch_fn fn, void *ud);
+
+/* FNV-1a of n bytes: the hash of topic tables. */
+uint32_t mw__pubsub_hash(const void *p, size_t n);
+
 /* Sends one message (text or binary) to every subscriber of topic that can
  * still send. Returns the number of connections it was queued for; *dropped
  * (if not NULL) gets the number a drop policy skipped. Never calls into the

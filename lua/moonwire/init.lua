@@ -81,6 +81,10 @@ local APP_OPTIONS = {
   tls_listen = "address",
   tls_cert = "path",
   tls_key = "path",
+  broker = "redis_url",
+  broker_prefix = "string",
+  broker_max_pending = "bytes",
+  broker_timeout = "seconds",
 }
 
 local ROUTE_OPTIONS = {
@@ -191,6 +195,15 @@ local function check_options(what, opts, schema, level)
       -- Relative to the app file, so an app and its certificate move together.
       if value:sub(1, 1) ~= "/" and core.app_path then
         value = (core.app_path:match("^(.*)/[^/]*$") or ".") .. "/" .. value
+      end
+    elseif kind == "redis_url" then
+      if type(value) ~= "string" or not value:match("^redis://[^/]+") then
+        error(what .. " '" .. name .. "' must be \"redis://HOST:PORT\", got " .. tostring(value), level)
+      end
+    elseif kind == "string" then
+      if type(value) ~= "string" or #value > 255 then
+        error(what .. " '" .. name .. "' must be a string of at most 255 bytes, got "
+          .. tostring(value), level)
       end
     elseif kind == "address" then
       if type(value) ~= "string" or not value:match("^.+:%d+$") then

@@ -15,6 +15,7 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -52,6 +53,15 @@ def _die_with_parent():
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except Exception:
         pass
+
+
+def free_port():
+    """A loopback port nobody listens on now (for --admin, --metrics, Redis)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 class ServerStartError(RuntimeError):

@@ -50,14 +50,6 @@ REFUSAL_STATUSES = ["400", "401", "403", "404", "405", "408", "426", "429", "431
                     "503", "other"]
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 # ---------------------------------------------------------------------------
 # Prometheus text format (version 0.0.4)
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -296,10 +288,10 @@ class ObservabilityCase(MoonwireCase):
             extra = []
             self.metrics_port = self.admin_port = None
             if metrics:
-                self.metrics_port = free_port()
+                self.metrics_port = mwserver.free_port()
                 extra += ["--metrics", "127.0.0.1:%d" % self.metrics_port]
             if admin:
-                self.admin_port = free_port()
+                self.admin_port = mwserver.free_port()
                 extra += ["--admin", "127.0.0.1:%d" % self.admin_port]
             try:
                 self.server = self.start_server(app or self.app, *(list(flags) + extra))

@@ -100,14 +100,6 @@ def line_of(text, needle):
     raise AssertionError("no line containing %r" % needle)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def port_is_open(port):
     try:
         socket.create_connection(("127.0.0.1", port), 0.5).close()
@@ -158,7 +150,7 @@ class ReloadCase(MoonwireCase):
         for attempt in range(5):
             extra = []
             if admin:
-                self.admin_port = free_port()
+                self.admin_port = mwserver.free_port()
                 extra = ["--admin", "127.0.0.1:%d" % self.admin_port]
             try:
                 self.server = self.start_server(self.app_path, *(flags + extra))
@@ -825,7 +817,7 @@ class MoreSemanticsTests(ReloadCase):
 # ---------------------------------------------------------------------------
 class AdminTests(ReloadCase):
     async def test_moonwire_reload_without_admin_listener(self):
-        port = free_port()
+        port = mwserver.free_port()
         code, out, err = await self.reload_command("--admin", "127.0.0.1:%d" % port)
         self.assertEqual(code, 1, "stdout %r stderr %r" % (out, err))
         self.assertIn("no admin listener at 127.0.0.1:%d" % port, err)
@@ -839,7 +831,7 @@ class AdminTests(ReloadCase):
     async def test_moonwire_reload_to_a_server_without_admin(self):
         # A server started without --admin does not listen on the admin port.
         self.start(admin=False)
-        port = free_port()
+        port = mwserver.free_port()
         code, _, err = await self.reload_command("--admin", "127.0.0.1:%d" % port)
         self.assertEqual(code, 1)
         self.assertIn("no admin listener", err)

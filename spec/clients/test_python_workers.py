@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.request
 
@@ -25,15 +26,6 @@ from test_python_websockets import MoonwireCase  # noqa: E402
 import websockets  # noqa: E402
 
 APP = "spec/clients/apps/app_workers.lua"
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class WorkersTest(MoonwireCase):
@@ -79,7 +71,7 @@ class WorkersTest(MoonwireCase):
             await c.close()
 
     async def test_reload_reaches_every_worker(self):
-        admin = free_port()
+        admin = mwserver.free_port()
         tmp = tempfile.mkdtemp(prefix="mw-workers-")
         self.addCleanup(shutil.rmtree, tmp, True)
         app = os.path.join(tmp, "app.lua")
@@ -126,6 +118,45 @@ class WorkersTest(MoonwireCase):
         code = await asyncio.get_running_loop().run_in_executor(None, lambda: srv.proc.wait(5))
         self.assertEqual(0, code)
         self.servers.remove(srv)  # it was meant to exit
+
+
+    async def test_metrics_show_every_worker_with_a_label(self):
+        port = mwserver.free_port()
+        srv = self.start_server(APP, "--workers", "2", "--metrics", "127.0.0.1:%d" % port)
+        conns, hello = [], collections.Counter()
+        for _ in range(40):
+            ws = await websockets.connect(srv.url("/w"), compression=None)
+            hello[(await ws.recv()).split()[1]] += 1
+            conns.append(ws)
+        self.assertEqual({"1", "2"}, set(hello))
+
+        def scrape():
+            url = "http://127.0.0.1:%d/metrics" % port
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+            series = {}
+            for line in text.splitlines():
+                if line and not line.startswith("#"):
+                    name, value = line.rsplit(" ", 1)
+                    series[name] = float(value)
+            return series
+
+        want = {'moonwire_websocket_upgrades_total{worker="%s"}' % w: float(n)
+                for w, n in hello.items()}
+        want.update({'moonwire_connections_open{worker="%s",kind="websocket"}' % w: float(n)
+                     for w, n in hello.items()})
+        deadline = time.monotonic() + 5
+        while True:  # worker 2's figures are at most a second old
+            series = await asyncio.to_thread(scrape)
+            got = {k: series.get(k) for k in want}
+            if got == want or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        self.assertEqual(want, got)
+        unlabelled = [k for k in series if k.startswith("moonwire_") and "worker=" not in k]
+        self.assertEqual([], unlabelled, "every series names its worker")
+        for c in conns:
+            await c.close()
 
 
 class WorkersFlagTest(unittest.TestCase):
