@@ -24,7 +24,7 @@ warmup="${BENCH_WARMUP:-1}"
 scpu="${BENCH_SERVER_CPU:-0}"
 gcpu="${BENCH_GEN_CPU:-1}"
 servers="${BENCH_SERVERS:-moonwire raw gorilla node nginx}"
-scenarios="${BENCH_SCENARIOS:-echo32-d1 echo32-d32 echo16k-d4 broadcast-1k idle-10k idle-max}"
+scenarios="${BENCH_SCENARIOS:-echo32-d1 echo32-d32 echo16k-d4 broadcast-1k idle-10k idle-10k-data idle-max}"
 
 say() { printf 'bench: %s\n' "$*" >&2; }
 
@@ -162,16 +162,17 @@ scenario_args() {
     echo32-d32) echo echo --conns 100 --depth 32 --size 32 --text "${common[@]}" ;;
     echo16k-d4) echo echo --conns 100 --depth 4 --size 16384 --binary "${common[@]}" ;;
     broadcast-1k) echo broadcast --conns 1000 --depth 8 --size 32 --text "${common[@]}" ;;
-    idle-10k) echo idle --conns 10000 --procs 1 --src-addrs 8 --hold 3 --quiet ;;
+    idle-10k | idle-10k-data) echo idle --conns 10000 --procs 1 --src-addrs 8 --hold 3 --quiet ;;
     idle-max) echo idle --conns "$max_conns" --procs 2 --src-addrs 16 --hold 3 --quiet ;;
     esac
 }
-scenario_app() { case $1 in broadcast-*) echo broadcast ;; *) echo echo ;; esac; }
+scenario_app() { case $1 in broadcast-*) echo broadcast ;; *-data) echo echo_data ;; *) echo echo ;; esac; }
 
 plan=()
 for sc in $scenarios; do
     for s in $servers; do
         [ "$s" = raw ] && [[ $sc == broadcast-* ]] && continue
+        [ "$s" != moonwire ] && [[ $sc == *-data ]] && continue # ws.data is ours
         for v in $variants; do
             [ "$v" != plain ] && [ "$s" != moonwire ] && continue
             [ "$v" = broker ] && [[ $sc != broadcast-* ]] && continue

@@ -398,7 +398,8 @@ describe("moonwire.testing", function()
         "remote_addr=10.0.0.7", "remote_port=5555", "buffered=0", "dropped=0", "closed=false",
         "query.a=x y", "header=yes" }, "\n"), c:last())
       assert.equal("", c.ws.query.b)
-      assert.equal("websocket", c.ws.headers.upgrade)
+      assert.equal("localhost", c.ws.headers.host)
+      assert.is_nil(c.ws.headers.upgrade, "spent once upgraded, as in the server")
     end)
 
     it("records pings", function()

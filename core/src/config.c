@@ -47,6 +47,11 @@ const char *mw__config_check(const mw_config_t *cfg)
         return "max_connections must be at least 1";
     if (cfg->max_message_size < 1)
         return "max_message_size must be at least 1";
+    /* A message becomes one Lua string, and LuaJIT's are below 2 GiB. */
+    if (cfg->max_message_size > MW_MAX_MESSAGE_LIMIT)
+        return "max_message_size must be at most 2147483647 (a Lua string's limit)";
+    if (cfg->max_body_size > MW_MAX_MESSAGE_LIMIT)
+        return "max_body_size must be at most 2147483647 (a Lua string's limit)";
     if (cfg->max_buffered < 1024)
         return "max_buffered must be at least 1024";
     if (cfg->tls_listen_host[0] && (!cfg->tls_cert[0] || !cfg->tls_key[0]))

@@ -35,6 +35,8 @@ typedef struct mw_config {
 } mw_config_t;
 
 #define MW_DEFAULT_PORT 8080
+/* The largest message or body: one Lua string (LuaJIT's limit, 2^31 - 1). */
+#define MW_MAX_MESSAGE_LIMIT 2147483647u
 
 /* Fills cfg with the documented defaults. */
 void mw__config_defaults(mw_config_t *cfg);

@@ -98,18 +98,18 @@ struct mw_conn {
     uint16_t close_code;        /* reported to on_close */
     int route;                  /* the app's route index */
     uint32_t dropped;           /* sends skipped by the "drop" slow-consumer policy */
+    uint32_t in_len;            /* bytes at in (below) */
     struct mw_sub *subs;        /* this connection's topic subscriptions */
 
     /* Unparsed input carried over between reads (a partial frame header or
      * control frame, or a partial HTTP head); NULL when empty. */
     uint8_t *in;
-    uint32_t in_len;
 
     mw_outq_t out;
 
     /* A message being reassembled from several frames or reads. */
     uint8_t *msg;
-    size_t msg_len, msg_cap;
+    uint32_t msg_len, msg_cap; /* max_message_size and max_body_size are below 2 GiB */
 
     union {
         mw_http_parser_t http;
@@ -144,10 +144,12 @@ struct mw_conn {
         struct sockaddr_in6 v6;
     } peer;
     int app_ref;          /* the app's handle (a Lua registry ref), managed by core/bind */
+    uint32_t tls_pending; /* length of an SSL_write that must be retried */
     struct ssl_st *ssl;   /* TLS state, or NULL on a plain connection */
     mw_pmd_t *pmd;        /* permessage-deflate agreement, or NULL */
     double t_open;        /* accept time, for access-log durations */
-    uint32_t tls_pending; /* length of an SSL_write that must be retried */
+    /* Fields are ordered so that no padding is left: this struct is most of
+     * an idle connection's memory (DESIGN.md principle 6; docs/performance.md). */
 };
 
 /* --- lifecycle (conn.c) --- */

@@ -97,6 +97,53 @@ static int reparse_head(mw_conn_t *c, mw_http_request_t *req)
            0;
 }
 
+/* After the 101, the kept head loses the handshake's own fields (Upgrade,
+ * Connection, Sec-WebSocket-Key/-Version/-Extensions): their work is done,
+ * the upgrade hook saw them, and an idle connection should not carry them
+ * (about 100 bytes from a script, 150 from a browser). req was parsed from
+ * c->head; what the app reads later (path, query, other headers) stays. */
+static int spent_header(const mw_http_header_t *h)
+{
+    static const char *const spent[] = {"upgrade", "connection", "sec-websocket-key",
+                                        "sec-websocket-version", "sec-websocket-extensions"};
+    for (size_t k = 0; k < sizeof spent / sizeof spent[0]; k++)
+        if (mw__slice_ieq(h->name, spent[k]))
+            return 1;
+    return 0;
+}
+
+static void compact_head(mw_conn_t *c, const mw_http_request_t *req)
+{
+    const char *line_end = memchr(c->head, '\n', c->head_len);
+    size_t first = line_end ? (size_t)(line_end - c->head) + 1 : 0;
+    /* Exact size first: a shrinking realloc would leave a hole per connection. */
+    size_t need = first + 2;
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (!spent_header(&req->headers[i]))
+            need += req->headers[i].name.n + req->headers[i].value.n + 4;
+    char *out = mw__xmalloc(need), *p = out;
+    memcpy(p, c->head, first);
+    p += first;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const mw_http_header_t *h = &req->headers[i];
+        if (spent_header(h))
+            continue;
+        memcpy(p, h->name.p, h->name.n);
+        p += h->name.n;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, h->value.p, h->value.n);
+        p += h->value.n;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    free(c->head);
+    c->head = out;
+    c->head_len = (uint32_t)need;
+}
+
 int mw__conn_upgrade_accept(mw_conn_t *c, int route, const char *protocol,
                             const char *extra_headers)
 {
@@ -138,6 +185,7 @@ int mw__conn_upgrade_accept(mw_conn_t *c, int route, const char *protocol,
                      extra_headers ? strlen(extra_headers) : 0);
     mw__outq_append2(&w->pool, &c->out, "\r\n", 2, NULL, 0);
     mw__conn_want_flush(c);
+    compact_head(c, &req);
 
     c->route = route;
     c->state = MW_CONN_OPEN;
@@ -231,12 +279,12 @@ static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const ui
     c->msg_len = c->msg_cap = 0;
     if (body > 0) {
         c->msg = mw__xmalloc((size_t)body);
-        c->msg_cap = (size_t)body;
+        c->msg_cap = (uint32_t)body;
     }
     size_t take = n < body ? n : (size_t)body;
     if (take)
         memcpy(c->msg, rest, take);
-    c->msg_len = take;
+    c->msg_len = (uint32_t)take;
     if (take < body) {
         c->state = MW_CONN_HTTP_BODY;
         c->p.body_left = body - take;
@@ -256,7 +304,7 @@ size_t mw__conn_http_body(mw_conn_t *c, uint8_t *buf, size_t len)
 {
     size_t take = len < c->p.body_left ? len : (size_t)c->p.body_left;
     memcpy(c->msg + c->msg_len, buf, take);
-    c->msg_len += take;
+    c->msg_len += (uint32_t)take;
     c->p.body_left -= take;
     if (c->p.body_left > 0)
         return take;
@@ -376,8 +424,9 @@ size_t mw__conn_http_input(mw_conn_t *c, uint8_t *buf, size_t len)
     }
 
     /* The app may read the request (path, query, headers) during the upgrade
-     * and for the whole life of the connection, so the head is kept; it is
-     * the only per-connection copy of request data. */
+     * and for the whole life of the connection, so the head is kept (less
+     * the handshake's fields once upgraded: compact_head); it is the only
+     * per-connection copy of request data. */
     c->head = mw__xmalloc((size_t)r);
     memcpy(c->head, buf, (size_t)r);
     c->head_len = (uint32_t)r;

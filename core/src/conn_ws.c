@@ -288,11 +288,13 @@ static void on_data(mw_conn_t *c, const mw_ws_event_t *ev)
             size_t cap = c->msg_cap ? c->msg_cap : 4096;
             while (cap < c->msg_len + ev->len)
                 cap *= 2;
+            if (cap > UINT32_MAX) /* the limit (< 2 GiB, plus deflate's slack) fits */
+                cap = UINT32_MAX;
             c->msg = mw__xrealloc(c->msg, cap);
-            c->msg_cap = cap;
+            c->msg_cap = (uint32_t)cap;
         }
         memcpy(c->msg + c->msg_len, ev->data, ev->len);
-        c->msg_len += ev->len;
+        c->msg_len += (uint32_t)ev->len;
     }
     if (ev->last) {
         if (ev->rsv1)

@@ -71,13 +71,13 @@ local APP_OPTIONS = {
   close_timeout = "seconds",
   shutdown_timeout = "seconds0",
   workers = "count",
-  max_message_size = "bytes",
+  max_message_size = "message_bytes",
   max_header_bytes = "bytes",
   max_headers = "count",
   max_connections = "count",
   max_buffered = "bytes",
   max_inbox_bytes = "bytes",
-  max_body_size = "bytes",
+  max_body_size = "message_bytes",
   tls_listen = "address",
   tls_cert = "path",
   tls_key = "path",
@@ -88,7 +88,7 @@ local APP_OPTIONS = {
 }
 
 local ROUTE_OPTIONS = {
-  max_message_size = "bytes",
+  max_message_size = "message_bytes",
   max_buffered = "bytes",
   low_water_mark = "bytes0",
   slow_consumer = "policy",
@@ -219,6 +219,9 @@ local function check_options(what, opts, schema, level)
         error(what .. " '" .. name .. "' must be >= 0 seconds (0 turns it off), got " .. value, level)
       elseif (kind == "bytes" or kind == "count") and (value < 1 or floor(value) ~= value) then
         error(what .. " '" .. name .. "' must be a whole number >= 1, got " .. value, level)
+      elseif kind == "message_bytes" and (value < 1 or floor(value) ~= value or value > 2147483647) then
+        -- A message is one Lua string, and LuaJIT's are below 2 GiB.
+        error(what .. " '" .. name .. "' must be a whole number from 1 to 2147483647, got " .. value, level)
       elseif kind == "bytes0" and (value < 0 or floor(value) ~= value) then
         error(what .. " '" .. name .. "' must be a whole number >= 0, got " .. value, level)
       end

@@ -704,6 +704,10 @@ function Kit:_refuse(c, code, body, headers, why) -- luacheck: ignore self
   c.inbox = {}
 end
 
+-- Request fields the server drops once a connection is upgraded.
+local SPENT_HEADERS = { "upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+  "sec-websocket-extensions" }
+
 function Kit:_accept(c, protocol, headers)
   c.state = "open"
   c.accepted = true
@@ -712,6 +716,8 @@ function Kit:_accept(c, protocol, headers)
   c.protocol = protocol
   c.headers = headers or setmetatable({}, HEADERS_MT)
   if protocol then c.headers["Sec-WebSocket-Protocol"] = protocol end
+  -- As the server: the handshake's own fields are gone from ws.headers.
+  for _, spent in ipairs(SPENT_HEADERS) do c.request_headers[spent] = nil end
   -- on_open before anything the client sent behind its request.
   local early = c.inbox
   c.inbox = { { kind = "open" } }
