@@ -166,6 +166,62 @@ describe("handlers", function()
     end)
   end)
 
+  -- The messages of one read run in one handler run (a Lua loop over the
+  -- batch); these pin down that nothing about order or failure changed.
+  describe("many messages in one read", function()
+    local function text(s) return ws.frame({ opcode = 1, payload = s }) end
+
+    it("runs 200 messages of one write in order, each once", function()
+      local c = probe.open(srv)
+      local parts, want = {}, { "open", "msg:id" }
+      for i = 1, 200 do
+        parts[i] = text("m" .. i)
+        want[#want + 1] = "msg:m" .. i
+      end
+      c:send_raw(table.concat(parts))
+      for i = 1, 200 do c:expect_text("m" .. i) end
+      assert.are.same(want, probe.events(obs, c.id))
+      c:close_handshake(1000)
+    end)
+
+    it("queues the rest of the read when a handler sleeps in its middle", function()
+      local c = probe.open(srv)
+      c:send_raw(text("a") .. text("sleep 0.2 mid") .. text("b") .. text("c"))
+      c:expect_text("a")
+      c:expect_text("slept mid", 2)
+      c:expect_text("b")
+      c:expect_text("c")
+      assert.are.same({ "open", "msg:id", "msg:a", "msg:sleep 0.2 mid", "msg:b", "msg:c" },
+        probe.events(obs, c.id))
+      c:close_handshake(1000)
+    end)
+
+    it("runs nothing of the read after a handler closes the connection", function()
+      local c = probe.open(srv)
+      c:send_raw(text("a") .. text("close 4001 done") .. text("b"))
+      c:expect_text("a")
+      c:expect_close(4001, 2)
+      c:send_close(4001)
+      assert.is_true(c:wait_closed(2))
+      local _, events = probe.wait_closed(obs, c.id)
+      assert.are.same({ "open", "msg:id", "msg:a", "msg:close 4001 done", "close:4001:done" }, events)
+    end)
+
+    it("keeps order around fragmented messages and control frames in the same read", function()
+      local c = probe.open(srv)
+      c:send_raw(text("a") .. ws.frame({ opcode = 1, payload = "b1", fin = false })
+        .. ws.frame({ opcode = 0, payload = "b2" }) .. text("c")
+        .. ws.frame({ opcode = 9, payload = "p" }) .. text("d"))
+      local got = {}
+      for _ = 1, 5 do
+        local f = c:next_frame(2)
+        got[#got + 1] = (f.op == "pong" and "pong:" or "") .. f.payload
+      end
+      assert.are.same({ "a", "b1b2", "c", "pong:p", "d" }, got)
+      c:close_handshake(1000)
+    end)
+  end)
+
   describe("inbox", function()
     it("stops reading a sleeping connection beyond --max-inbox-bytes, then loses nothing", function()
       local small = server.start(PROBE, { flags = { "--max-inbox-bytes", "65536" } })

@@ -34,9 +34,15 @@ typedef struct mw_lua {
     lua_State *L;
     mw_worker_t *w;
     const char *app_path;
-    int app_ref;                /* the app table returned by the app file */
-    int routes_ref;             /* app.routes */
-    int body_ref;               /* the coroutine body (trampoline) */
+    int app_ref;    /* the app table returned by the app file */
+    int routes_ref; /* app.routes */
+    int body_ref;   /* the coroutine body (trampoline) */
+    int batch_ref;  /* the batch runner (a Lua loop over take()) */
+    /* The batch the running call takes its messages from (mw__lua_run_batch);
+     * only the coroutine batch_co can take, and only during that run. */
+    const mw_msgref_t *batch;
+    size_t batch_i, batch_n;
+    mw_co_t *batch_co;
     int force_max_message_size; /* --max-message-size overrides every route */
     mw_co_t *running;           /* the coroutine now running, or NULL */
     mw_co_t *suspended;         /* the call mw__lua_run last left suspended */
@@ -91,6 +97,10 @@ void mw__lua_close(mw_lua_t *S);
  * coroutine for connection c (or NULL); kind is MW_CO_*. Returns 1 if the
  * call suspended, 0 if it ended. */
 int mw__lua_run(mw_lua_t *S, mw_conn_t *c, int nargs, int kind);
+/* Runs handler (on S->L's top) for the messages m[0..n) of connection c in
+ * one coroutine: a Lua loop calls it once per message. Returns 1 if a call
+ * suspended; *done gets the messages taken. */
+int mw__lua_run_batch(mw_lua_t *S, mw_conn_t *c, const mw_msgref_t *m, size_t n, size_t *done);
 void mw__ws_push(mw_lua_t *S, mw_conn_t *c);
 void mw__ws_finalize(mw_lua_t *S, mw_conn_t *c);
 void mw__ws_register(lua_State *L);

@@ -189,6 +189,61 @@ int mw__lua_run(mw_lua_t *S, mw_conn_t *c, int nargs, int kind)
     return co_resume(S, k, 4);
 }
 
+int mw__lua_run_batch(mw_lua_t *S, mw_conn_t *c, const mw_msgref_t *m, size_t n, size_t *done)
+{
+    /* S->L: handler. The call is runner(handler, ws): the runner takes the
+     * messages one by one (l_take) in a Lua loop. */
+    lua_State *L = S->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->batch_ref);
+    lua_insert(L, -2);
+    mw__ws_push(S, c);
+    mw_co_t *k = co_get(S);
+    lua_State *co = k->co;
+    if (k->fresh) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, S->body_ref);
+        k->fresh = 0;
+    }
+    lua_xmove(L, co, 3);
+    lua_pushnil(co);
+    k->conn = c;
+    k->kind = MW_CO_HANDLER;
+    mw__conn_retain(c);
+    const mw_msgref_t *prev = S->batch;
+    size_t prev_i = S->batch_i, prev_n = S->batch_n;
+    mw_co_t *prev_co = S->batch_co;
+    S->batch = m;
+    S->batch_i = 0;
+    S->batch_n = n;
+    S->batch_co = k;
+    int suspended = co_resume(S, k, 4);
+    *done = S->batch_i;
+    /* Whatever happens to k now (pooled, or suspended and resumed later),
+     * it takes nothing more from this batch: the rest went to the inbox. */
+    S->batch = prev;
+    S->batch_i = prev_i;
+    S->batch_n = prev_n;
+    S->batch_co = prev_co;
+    return suspended;
+}
+
+/* moonwire.core.take() -> message, binary | nothing: the next message of the
+ * batch the running call was started for; nothing once the batch is done,
+ * the call is not a batch's, or the connection is no longer open. */
+static int l_take(lua_State *L)
+{
+    mw_lua_t *S = lua_touserdata(L, lua_upvalueindex(1));
+    mw_co_t *k = S->running;
+    if (!k || k != S->batch_co || k->co != L || S->batch_i >= S->batch_n || !k->conn ||
+        k->conn->state != MW_CONN_OPEN)
+        return 0;
+    const mw_msgref_t *m = &S->batch[S->batch_i];
+    if (S->batch_i++ > 0 && S->w)
+        S->w->stats.handler_calls++; /* the first was counted by its resume */
+    lua_pushlstring(L, (const char *)m->data, m->len);
+    lua_pushboolean(L, m->binary);
+    return 2;
+}
+
 static void sleep_done(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
@@ -289,6 +344,17 @@ int mw__luaopen_core(lua_State *L)
     return 1;
 }
 
+/* The batch runner: handler(ws, message, binary) for each message take()
+ * hands out. A handler error ends the loop (and the connection: 1011). */
+static const char batch_src[] = "local take = ...\n"
+                                "return function(fn, ws)\n"
+                                "  local msg, bin = take()\n"
+                                "  while msg do\n"
+                                "    fn(ws, msg, bin)\n"
+                                "    msg, bin = take()\n"
+                                "  end\n"
+                                "end\n";
+
 /* The body every pooled coroutine runs: call, report, park, repeat. */
 static const char body_src[] = "local done, xpcall, traceback, yield = ...\n"
                                "return function(fn, a, b, c)\n"
@@ -314,6 +380,13 @@ int mw__sched_init(mw_lua_t *S)
     if (lua_pcall(L, 4, 1, 0) != 0)
         return -1;
     S->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (luaL_loadbuffer(L, batch_src, sizeof batch_src - 1, "=moonwire.batch") != 0)
+        return -1;
+    lua_pushlightuserdata(L, S);
+    lua_pushcclosure(L, l_take, 1);
+    if (lua_pcall(L, 1, 1, 0) != 0)
+        return -1;
+    S->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
 

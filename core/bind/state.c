@@ -400,6 +400,16 @@ static int op_on_message(void *ud, mw_conn_t *c, const uint8_t *data, size_t len
     return mw__lua_run(S, c, 3, MW_CO_HANDLER);
 }
 
+static int op_on_batch(void *ud, mw_conn_t *c, const mw_msgref_t *m, size_t n, size_t *done)
+{
+    mw_lua_t *S = ud;
+    if (!push_handler(S, c, "on_message")) {
+        *done = n;
+        return 0;
+    }
+    return mw__lua_run_batch(S, c, m, n, done);
+}
+
 static int op_on_close(void *ud, mw_conn_t *c, int code, const char *reason, size_t rlen)
 {
     mw_lua_t *S = ud;
@@ -422,8 +432,8 @@ static int op_on_drain(void *ud, mw_conn_t *c)
     return mw__lua_run(S, c, 1, MW_CO_HANDLER);
 }
 
-const mw_app_ops_t mw__lua_ops = {mw__route_upgrade, mw__route_http, op_on_open,
-                                  op_on_message,     op_on_drain,    op_on_close};
+const mw_app_ops_t mw__lua_ops = {mw__route_upgrade, mw__route_http, op_on_open, op_on_message,
+                                  op_on_batch,       op_on_drain,    op_on_close};
 
 void mw__lua_set_workers(mw_lua_t *S, int n)
 {

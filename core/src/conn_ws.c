@@ -181,8 +181,11 @@ void mw__conn_close(mw_conn_t *c, uint16_t code, const char *reason, size_t rlen
 /* RFC 6455 7.1.7 "Fail the WebSocket Connection": send a close with the
  * reason for the failure, stop reading frames, and close the TCP connection
  * once the close is written. */
+static void batch_flush(mw_worker_t *w);
+
 static void fail(mw_conn_t *c, uint16_t code, const char *why)
 {
+    batch_flush(c->w); /* what came before the fault is delivered first */
     mw_debug("conn %llu: failing with %u: %s", (unsigned long long)c->id, code, why);
     if (!c->close_sent) {
         uint8_t payload[MW_WS_MAX_CONTROL];
@@ -217,24 +220,63 @@ static void inbox_push(mw_conn_t *c, int kind, int binary, uint16_t code, const 
     c->inbox_bytes += len;
 }
 
+static void inbox_check(mw_conn_t *c)
+{
+    if (c->inbox_bytes >= c->w->cfg.max_inbox_bytes)
+        mw__conn_set_reading(c, 0);
+}
+
+/* Delivers the messages gathered from the read being parsed in one
+ * on_batch call. Called before anything else can happen to the connection
+ * (a control frame, a message not in the read buffer, a failure) and when
+ * the read is done, so order is what it would be one message at a time. */
+static void batch_flush(mw_worker_t *w)
+{
+    size_t n = w->batch_n;
+    mw_conn_t *c = w->batch_conn;
+    if (!n)
+        return;
+    w->batch_n = 0;
+    w->batch_conn = NULL;
+    size_t done = n;
+    mw__conn_retain(c);
+    if (w->ops->on_batch(w->ops_ud, c, w->batch, n, &done)) {
+        c->busy = 1;
+        /* A handler suspended: the rest wait their turn, copied out of the
+         * read buffer (which the next read reuses). */
+        for (size_t i = done; i < n && c->state == MW_CONN_OPEN; i++)
+            inbox_push(c, MW_INBOX_MESSAGE, w->batch[i].binary, 0, w->batch[i].data,
+                       w->batch[i].len);
+        inbox_check(c);
+    }
+    mw__conn_release(c);
+}
+
 /* Hands a complete message to the app, or to the inbox while a handler of
  * this connection is suspended (DESIGN.md principle 5: one call at a time,
  * in arrival order). A full inbox stops reading the socket: TCP pushes
- * back on the client and nothing is lost. */
-static void deliver(mw_conn_t *c, int binary, const uint8_t *data, size_t len)
+ * back on the client and nothing is lost. A message that lies whole in the
+ * read buffer (in_place) joins the read's batch instead of running now. */
+static void deliver(mw_conn_t *c, int binary, const uint8_t *data, size_t len, int in_place)
 {
     mw_worker_t *w = c->w;
     w->stats.msgs_in++;
     if (c->state == MW_CONN_OPEN)
         mw__idle_touch(c);
+    if (w->batch_n && (!in_place || w->batch_n == MW_BATCH_MAX || w->batch_conn != c))
+        batch_flush(w);
     if (!c->busy && !c->inbox_head) {
+        if (in_place) {
+            w->batch_conn = c;
+            w->batch[w->batch_n++] = (mw_msgref_t){data, len, binary};
+            return;
+        }
         if (w->ops->on_message(w->ops_ud, c, data, len, binary))
             c->busy = 1;
         return;
     }
     inbox_push(c, MW_INBOX_MESSAGE, binary, 0, data, len);
-    if (c->inbox_bytes >= w->cfg.max_inbox_bytes)
-        mw__conn_set_reading(c, 0);
+    inbox_check(c);
 }
 
 /* A compressed message (RFC 7692 6.2) is complete in c->msg: inflate it,
@@ -261,7 +303,7 @@ static void deliver_compressed(mw_conn_t *c, int binary)
     }
     /* The handler gets its own copy (a Lua string) before it can send,
      * which reuses this buffer. */
-    deliver(c, binary, w->pmd.buf, (size_t)n);
+    deliver(c, binary, w->pmd.buf, (size_t)n, 0);
 }
 
 static void on_data(mw_conn_t *c, const mw_ws_event_t *ev)
@@ -280,7 +322,7 @@ static void on_data(mw_conn_t *c, const mw_ws_event_t *ev)
     }
     if (ev->first && ev->last && !ev->rsv1) {
         /* The whole message lies in the read buffer: no copy. */
-        deliver(c, binary, ev->data, ev->len);
+        deliver(c, binary, ev->data, ev->len, 1);
         return;
     }
     if (ev->len) {
@@ -300,7 +342,7 @@ static void on_data(mw_conn_t *c, const mw_ws_event_t *ev)
         if (ev->rsv1)
             deliver_compressed(c, binary);
         else
-            deliver(c, binary, c->msg ? c->msg : (const uint8_t *)"", c->msg_len);
+            deliver(c, binary, c->msg ? c->msg : (const uint8_t *)"", c->msg_len, 0);
         /* Idle connections hold no buffers. */
         free(c->msg);
         c->msg = NULL;
@@ -373,13 +415,16 @@ size_t mw__conn_ws_input(mw_conn_t *c, uint8_t *buf, size_t len)
             return len;
         }
         off += (size_t)r;
-        if (ev.type == MW_WS_EV_DATA)
+        if (ev.type == MW_WS_EV_DATA) {
             on_data(c, &ev);
-        else if (ev.type == MW_WS_EV_CONTROL)
+        } else if (ev.type == MW_WS_EV_CONTROL) {
+            batch_flush(c->w);
             on_control(c, &ev);
-        else if (r == 0)
+        } else if (r == 0) {
             break; /* need more bytes */
+        }
     }
+    batch_flush(c->w);
     if (c->state != MW_CONN_OPEN && c->state != MW_CONN_CLOSING)
         return len; /* nothing after a close is read */
     return off;

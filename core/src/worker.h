@@ -29,6 +29,17 @@ typedef struct mw_route {
     mw_pmd_policy_t pmd;       /* permessage-deflate for this route */
 } mw_route_t;
 
+/* A message that lies whole in the read buffer, waiting to be delivered
+ * with the others of the same read (see on_batch). */
+typedef struct mw_msgref {
+    const uint8_t *data;
+    size_t len;
+    int binary;
+} mw_msgref_t;
+
+/* Most messages of one read handed to one on_batch call. */
+#define MW_BATCH_MAX 64
+
 /* The app's side (implemented by core/bind). Each event hook returns 1 when
  * the handler suspended (the connection is then busy, and its further
  * events wait in its inbox until mw__conn_handler_done), 0 when it finished.
@@ -46,6 +57,13 @@ typedef struct mw_app_ops {
     void (*http_request)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
     int (*on_open)(void *ud, mw_conn_t *c);
     int (*on_message)(void *ud, mw_conn_t *c, const uint8_t *data, size_t len, int binary);
+    /* The messages m[0..n) of one read, in order, as on_message calls run in
+     * one go (one resume instead of one per message). *done gets how many
+     * the app took: all of them, or fewer when a handler suspended (the
+     * core queues the rest in the inbox) or the connection stopped being
+     * open (the rest are dropped, as on_message would have). The data stays
+     * valid for the call only. */
+    int (*on_batch)(void *ud, mw_conn_t *c, const mw_msgref_t *m, size_t n, size_t *done);
     int (*on_drain)(void *ud, mw_conn_t *c);
     int (*on_close)(void *ud, mw_conn_t *c, int code, const char *reason, size_t rlen);
 } mw_app_ops_t;
@@ -97,6 +115,10 @@ struct mw_worker {
     size_t nroutes;
     struct mw_pubsub *pubsub;
     uint8_t *rbuf; /* the one read buffer every connection parses in place */
+    /* Messages of the read being parsed, for one on_batch call. */
+    mw_msgref_t batch[MW_BATCH_MAX];
+    size_t batch_n;
+    mw_conn_t *batch_conn;
     size_t rbuf_cap;
     mw_chunk_pool_t pool;
 
