@@ -136,6 +136,8 @@ void mw__lua_wake(mw_co_t *k, int nret);
  * socket, pool and the resolver before the state closes. */
 void mw__tcp_register(lua_State *L, mw_lua_t *S);
 void mw__tcp_close_all(mw_lua_t *S);
+/* The WebSocket client's codec helpers on moonwire.core (wsc.c). */
+void mw__wsc_register(lua_State *L);
 void mw__sched_close(mw_lua_t *S);
 
 #endif

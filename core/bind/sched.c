@@ -318,6 +318,7 @@ int mw__luaopen_core(lua_State *L)
     mw__routes_register(L, S);
     mw__timer_register(L, S);
     mw__tcp_register(L, S);
+    mw__wsc_register(L);
     return 1;
 }
 
