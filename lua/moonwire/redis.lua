@@ -29,7 +29,9 @@ local mt = {
   __name = "moonwire.redis",
   __tostring = function(self) return "moonwire.redis(" .. self.addr .. ")" end,
 }
--- red:get(k), red:hset(...): any other name is a command.
+-- red:get(k), red:hset(...): any other name is a command. (So every field
+-- of an object is set at creation, false when unused: a nil field would
+-- read as a command function.)
 mt.__index = function(_, name)
   local m = Redis[name]
   if m then return m end
@@ -139,13 +141,13 @@ function Redis:init_pipeline()
 end
 
 function Redis:cancel_pipeline()
-  self.pipe = nil
+  self.pipe = false
 end
 
 function Redis:commit_pipeline()
   local pipe = self.pipe
   if not pipe then error("moonwire.redis: commit_pipeline without init_pipeline", 2) end
-  self.pipe = nil
+  self.pipe = false
   if self.dead then return nil, "closed" end
   if #pipe == 0 then return {} end
   local ok, err = self.sock:send(concat(pipe))
@@ -165,7 +167,7 @@ function Redis:pipeline(fn)
   self:init_pipeline()
   local ok, err = pcall(fn, self)
   if not ok then
-    self.pipe = nil
+    self.pipe = false
     error(err, 0)
   end
   return self:commit_pipeline()
@@ -235,7 +237,8 @@ function M.connect(opts)
   local ok, err = sock:connect(host, port, { tls = opts.tls, verify = opts.verify,
     server_name = opts.server_name, ca_file = opts.ca_file, pool = pool })
   if not ok then return nil, err end
-  local self = setmetatable({ sock = sock, addr = host .. ":" .. port }, mt)
+  local self = setmetatable({ sock = sock, addr = host .. ":" .. port, dead = false,
+    pipe = false, subscribed = false }, mt)
   if sock:getreusedtimes() == 0 then
     if opts.password then
       local res, aerr = self:call("AUTH", opts.password)
