@@ -1,37 +1,28 @@
-/* Outbound TCP for handlers: moonwire.tcp(), a cosocket in the manner of
- * OpenResty's ngx.socket.tcp. Every call that must wait (resolve, connect,
- * TLS handshake, send, receive) arms an ev_io and an ev_timer on the
- * worker's loop and yields the calling coroutine; the loop resumes it with
- * the answer, while every other connection runs on.
+/* moonwire.tcp(): outbound TCP and TLS for handlers, a cosocket in the
+ * manner of OpenResty's ngx.socket.tcp. This file is the Lua side: the
+ * socket userdata, its options and results, and the waiting. The
+ * connection itself (connect, TLS, buffered reads, writes, the pool) is
+ * core/src/osock.c, and host names go to core/src/resolve.c's thread.
  *
- * A socket is a userdata ("moonwire.tcp") that embeds its watchers. While a
- * call waits, a registry ref anchors it so the collector never frees a
- * watcher libev holds; otherwise __gc closes the fd. Reads are buffered
- * here in C, bounded by max_line ("*l") and max_receive (n, "*a"), so a
- * peer cannot grow a worker's memory without limit. setkeepalive() hands
- * the fd (and its TLS session) to a per-worker pool keyed by host, port and
- * TLS settings; an idle pooled fd that turns readable (the peer closed it)
- * is dropped at once, and a last MSG_PEEK check runs on reuse.
- *
- * Host names are resolved on the worker's resolver thread (resolve.h); IP
- * literals are parsed on the spot. Errors are short stable strings:
- * "timeout", "closed", "connection refused", "no such host: NAME",
- * "tls: certificate verify failed: REASON", "line too long", ... */
-#include <arpa/inet.h>
-#include <errno.h>
+ * Every call that must wait (resolve, connect, TLS handshake, send,
+ * receive) arms an ev_io and an ev_timer on the worker's loop and yields
+ * the calling coroutine; the loop resumes it with the answer, while every
+ * other connection runs on. A socket is a userdata ("moonwire.tcp") that
+ * embeds its watchers: while a call waits, a registry ref anchors it so
+ * the collector never frees a watcher libev holds; otherwise __gc closes
+ * the connection. Reads are bounded by max_line ("*l") and max_receive (n,
+ * "*a"), so a peer cannot grow a worker's memory without limit. Errors are
+ * short stable strings: "timeout", "closed", "connection refused",
+ * "no such host: NAME", "tls: certificate verify failed: REASON", ... */
 #include <lauxlib.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include "bind.h"
 #include "log.h"
+#include "osock.h"
 #include "resolve.h"
 
 #define TCP_MT "moonwire.tcp"
@@ -42,24 +33,11 @@
 #define TCP_MAX_RECEIVE  (16u << 20) /* receive(n), receive("*a") */
 #define TCP_POOL_IDLE_MS 60000       /* setkeepalive() idle timeout */
 #define TCP_POOL_SIZE    30          /* setkeepalive() per-key pool size */
-#define TCP_READ_CHUNK   16384
 
 enum { ST_NEW, ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSED };
 enum { OP_NONE, OP_CONNECT, OP_SEND, OP_RECEIVE };
 enum { RECV_LINE, RECV_ALL, RECV_BYTES };
 enum { T_CONNECT, T_SEND, T_READ };
-
-/* A connection resting in a pool between uses. */
-typedef struct mw_pooled {
-    struct mw_tcp_state *T;
-    char *key;
-    int fd;
-    SSL *ssl;
-    unsigned reused;
-    ev_io io;      /* readable while idle: the peer closed it (or misbehaves) */
-    ev_timer idle; /* closes it after the keepalive timeout */
-    struct mw_pooled *prev, *next;
-} mw_pooled_t;
 
 typedef struct mw_tcp mw_tcp_t;
 
@@ -68,15 +46,14 @@ typedef struct mw_tcp mw_tcp_t;
 typedef struct mw_tcp_state {
     mw_resolver_t *resolver;
     SSL_CTX *ctx; /* verification against the system's CA store */
-    mw_pooled_t *pool;
+    mw_opool_t *pool;
     mw_tcp_t *live;
 } mw_tcp_state_t;
 
 struct mw_tcp {
     mw_lua_t *S;
     mw_tcp_state_t *T; /* NULL once the state closed (then only __gc comes) */
-    int fd;
-    SSL *ssl;
+    mw_osock_t s;      /* the connection */
     int state, op;
     mw_co_t *waiter; /* the coroutine suspended in a call on this socket */
     int self_ref;    /* anchors the userdata while waiter is set */
@@ -86,13 +63,11 @@ struct mw_tcp {
     /* connecting */
     mw_resolve_req_t *rq;
     struct addrinfo *ai_list, *ai_next;
-    int gai_err, sys_err;
+    int gai_err;
     char *host, *server_name, *pool_key;
     int tls, verify;
     SSL_CTX *ctx; /* a context of its own (ca_file), or NULL */
-    /* reading: bytes rbuf[rstart..rend) are received and not yet returned */
-    char *rbuf;
-    size_t rstart, rend, rcap;
+    /* reading */
     size_t max_line, max_receive;
     int rmode;
     size_t rwant;
@@ -100,9 +75,8 @@ struct mw_tcp {
     char *wbuf;
     size_t wlen, wpos, wtotal;
     unsigned reused;
-    int want;         /* EV_READ / EV_WRITE the waiting call needs */
-    int linked;       /* in T->live */
-    char errbuf[192]; /* the text of the last error */
+    int linked; /* in T->live */
+    char errbuf[192];
     mw_tcp_t *prev, *next;
 };
 
@@ -122,105 +96,14 @@ static int push_fail(lua_State *L, const char *msg)
     return 2;
 }
 
-/* strerror with a lowercase first letter ("connection refused"). */
-static const char *errno_text(int e, char *buf, size_t len)
-{
-    if (e == ETIMEDOUT)
-        return "timeout";
-    snprintf(buf, len, "%s", strerror(e));
-    if (buf[0] >= 'A' && buf[0] <= 'Z')
-        buf[0] = (char)(buf[0] - 'A' + 'a');
-    return buf;
-}
-
-static const char *tls_reason(unsigned long e)
-{
-    const char *r = e ? ERR_reason_error_string(e) : NULL;
-    return r ? r : "error";
-}
-
 static mw_tcp_state_t *tcp_state(mw_lua_t *S)
 {
     if (!S->tcp) {
         S->tcp = mw__xcalloc(1, sizeof *S->tcp);
         S->tcp->resolver = mw__resolver_new(S->w->loop);
+        S->tcp->pool = mw__opool_new(S->w->loop);
     }
     return S->tcp;
-}
-
-static void ssl_close(SSL *ssl)
-{
-    if (!ssl)
-        return;
-    /* One non-blocking close_notify, no waiting for the peer's. */
-    SSL_set_quiet_shutdown(ssl, 0);
-    (void)SSL_shutdown(ssl);
-    ERR_clear_error();
-    SSL_free(ssl);
-}
-
-/* --- the pool --------------------------------------------------------------- */
-
-static void pooled_unlink(mw_pooled_t *p)
-{
-    if (p->prev)
-        p->prev->next = p->next;
-    else
-        p->T->pool = p->next;
-    if (p->next)
-        p->next->prev = p->prev;
-    p->prev = p->next = NULL;
-}
-
-/* Takes p out of the pool; with close, also closes its connection. */
-static void pooled_free(struct ev_loop *loop, mw_pooled_t *p, int close_it)
-{
-    ev_io_stop(loop, &p->io);
-    ev_timer_stop(loop, &p->idle);
-    pooled_unlink(p);
-    if (close_it) {
-        ssl_close(p->ssl);
-        close(p->fd);
-    }
-    free(p->key);
-    free(p);
-}
-
-static void pooled_readable(struct ev_loop *loop, ev_io *w, int revents)
-{
-    (void)revents;
-    pooled_free(loop, (mw_pooled_t *)((char *)w - offsetof(mw_pooled_t, io)), 1);
-}
-
-static void pooled_expired(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)revents;
-    pooled_free(loop, (mw_pooled_t *)((char *)w - offsetof(mw_pooled_t, idle)), 1);
-}
-
-/* Takes the most recently pooled live connection for key into t. */
-static int pool_take(mw_tcp_t *t)
-{
-    struct ev_loop *loop = t->S->w->loop;
-    mw_pooled_t *p = t->T->pool;
-    while (p) {
-        mw_pooled_t *next = p->next;
-        if (strcmp(p->key, t->pool_key) == 0) {
-            /* Readable while idle means EOF or stray bytes: not reusable. */
-            char c;
-            ssize_t n = recv(p->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                t->fd = p->fd;
-                t->ssl = p->ssl;
-                t->reused = p->reused + 1;
-                pooled_free(loop, p, 0);
-                return 1;
-            }
-            pooled_free(loop, p, 1);
-        }
-        p = next;
-    }
-    return 0;
 }
 
 /* --- the life of a socket ----------------------------------------------------- */
@@ -245,17 +128,10 @@ static void tcp_close(mw_tcp_t *t)
     if (t->ai_list)
         freeaddrinfo(t->ai_list);
     t->ai_list = t->ai_next = NULL;
-    ssl_close(t->ssl);
-    t->ssl = NULL;
+    mw__osock_close(&t->s);
     if (t->ctx)
         SSL_CTX_free(t->ctx);
     t->ctx = NULL;
-    if (t->fd >= 0)
-        close(t->fd);
-    t->fd = -1;
-    free(t->rbuf);
-    t->rbuf = NULL;
-    t->rstart = t->rend = t->rcap = 0;
     free(t->wbuf);
     t->wbuf = NULL;
     t->wlen = t->wpos = 0;
@@ -311,109 +187,8 @@ static void wait_cancelled(void *arg)
     tcp_close(t);
 }
 
-/* --- reading and writing, plain or TLS --------------------------------------- */
-
-/* Reads what is there into rbuf. Returns bytes read (> 0), 0 at EOF, -1 to
- * wait (t->want set), -2 on error (msg set). */
-static ssize_t read_some(mw_tcp_t *t, const char **msg)
-{
-    char *buf = t->errbuf;
-    size_t bufsize = sizeof t->errbuf;
-    if (t->rend == t->rcap) {
-        if (t->rstart > 0) {
-            memmove(t->rbuf, t->rbuf + t->rstart, t->rend - t->rstart);
-            t->rend -= t->rstart;
-            t->rstart = 0;
-        }
-        if (t->rend == t->rcap) {
-            t->rcap = t->rcap ? t->rcap * 2 : TCP_READ_CHUNK;
-            t->rbuf = mw__xrealloc(t->rbuf, t->rcap);
-        }
-    }
-    size_t room = t->rcap - t->rend;
-    if (!t->ssl) {
-        ssize_t n = recv(t->fd, t->rbuf + t->rend, room, 0);
-        if (n > 0) {
-            t->rend += (size_t)n;
-            return n;
-        }
-        if (n == 0)
-            return 0;
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-            t->want = EV_READ;
-            return -1;
-        }
-        *msg = errno_text(errno, buf, bufsize);
-        return -2;
-    }
-    ERR_clear_error();
-    int n = SSL_read(t->ssl, t->rbuf + t->rend, room > INT32_MAX ? INT32_MAX : (int)room);
-    if (n > 0) {
-        t->rend += (size_t)n;
-        return n;
-    }
-    int e = SSL_get_error(t->ssl, n);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-        t->want = e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
-        return -1;
-    }
-    if (e == SSL_ERROR_ZERO_RETURN)
-        return 0;
-    /* A peer that closes without close_notify ends the stream too (HTTP
-     * bodies delimited by the close do just that). */
-    unsigned long err = ERR_peek_error();
-    if ((e == SSL_ERROR_SYSCALL && errno == 0) ||
-        (e == SSL_ERROR_SSL && ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
-        ERR_clear_error();
-        return 0;
-    }
-    if (e == SSL_ERROR_SYSCALL) {
-        *msg = errno_text(errno, buf, bufsize);
-    } else {
-        snprintf(buf, bufsize, "tls: %s", tls_reason(err));
-        *msg = buf;
-    }
-    ERR_clear_error();
-    return -2;
-}
-
-/* Writes from p. Returns bytes written (> 0), -1 to wait, -2 on error. */
-static ssize_t write_some(mw_tcp_t *t, const char *p, size_t len, const char **msg)
-{
-    char *buf = t->errbuf;
-    size_t bufsize = sizeof t->errbuf;
-    if (!t->ssl) {
-        ssize_t n = send(t->fd, p, len, MSG_NOSIGNAL);
-        if (n >= 0)
-            return n;
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-            t->want = EV_WRITE;
-            return -1;
-        }
-        *msg = errno_text(errno, buf, bufsize);
-        return -2;
-    }
-    ERR_clear_error();
-    int n = SSL_write(t->ssl, p, len > INT32_MAX ? INT32_MAX : (int)len);
-    if (n > 0)
-        return n;
-    int e = SSL_get_error(t->ssl, n);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-        t->want = e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
-        return -1;
-    }
-    if (e == SSL_ERROR_SYSCALL)
-        *msg = errno ? errno_text(errno, buf, bufsize) : "closed";
-    else {
-        snprintf(buf, bufsize, "tls: %s", tls_reason(ERR_peek_error()));
-        *msg = buf;
-    }
-    ERR_clear_error();
-    return -2;
-}
-
 /* --- the operations: each step either pushes the call's results on L and
- * returns how many, or returns -1 to wait for t->want (or the resolver). --- */
+ * returns how many, or returns -1 to wait for t->s.want (or the resolver). --- */
 
 static int fail_closed(mw_tcp_t *t, lua_State *L, const char *msg)
 {
@@ -421,69 +196,8 @@ static int fail_closed(mw_tcp_t *t, lua_State *L, const char *msg)
     return push_fail(L, msg);
 }
 
-/* Starts connecting to t->ai_next and on to the next address after a
- * failure. Returns 0 connected, 1 in progress, -1 all failed (sys_err). */
-static int connect_next(mw_tcp_t *t)
-{
-    while (t->ai_next) {
-        struct addrinfo *ai = t->ai_next;
-        t->ai_next = ai->ai_next;
-        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            t->sys_err = errno;
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-            t->fd = fd;
-            return 0;
-        }
-        if (errno == EINPROGRESS) {
-            t->fd = fd;
-            return 1;
-        }
-        t->sys_err = errno;
-        close(fd);
-    }
-    return -1;
-}
-
-static int is_ip(const char *s)
-{
-    unsigned char a[16];
-    return inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1;
-}
-
-static int tls_start(mw_tcp_t *t, lua_State *L)
-{
-    SSL_CTX *ctx = t->ctx ? t->ctx : t->T->ctx;
-    if (!ctx) {
-        ctx = t->T->ctx = SSL_CTX_new(TLS_client_method());
-        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-        SSL_CTX_set_default_verify_paths(ctx);
-        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    }
-    t->ssl = SSL_new(ctx);
-    SSL_set_fd(t->ssl, t->fd);
-    SSL_set_connect_state(t->ssl);
-    const char *name = t->server_name ? t->server_name : t->host;
-    if (!is_ip(name))
-        SSL_set_tlsext_host_name(t->ssl, name); /* SNI is for names only (RFC 6066 3) */
-    if (t->verify) {
-        SSL_set_verify(t->ssl, SSL_VERIFY_PEER, NULL);
-        if (is_ip(name))
-            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), name);
-        else
-            SSL_set1_host(t->ssl, name);
-    }
-    (void)L;
-    return 0;
-}
-
 static int step_connect(mw_tcp_t *t, lua_State *L)
 {
-    char *buf = t->errbuf, sys[96];
     for (;;) {
         switch (t->state) {
         case ST_RESOLVING:
@@ -492,37 +206,28 @@ static int step_connect(mw_tcp_t *t, lua_State *L)
             if (!t->ai_list) {
                 if (t->gai_err == EAI_NONAME || t->gai_err == EAI_NODATA ||
                     t->gai_err == EAI_FAIL || t->gai_err == EAI_AGAIN)
-                    snprintf(buf, sizeof t->errbuf, "no such host: %s", t->host);
+                    snprintf(t->errbuf, sizeof t->errbuf, "no such host: %s", t->host);
                 else
-                    snprintf(buf, sizeof t->errbuf, "cannot resolve %s: %s", t->host,
+                    snprintf(t->errbuf, sizeof t->errbuf, "cannot resolve %s: %s", t->host,
                              gai_strerror(t->gai_err));
-                return fail_closed(t, L, buf);
+                return fail_closed(t, L, t->errbuf);
             }
             t->ai_next = t->ai_list;
             t->state = ST_CONNECTING;
-            if (connect_next(t) < 0)
-                return fail_closed(t, L, errno_text(t->sys_err, sys, sizeof sys));
-            /* Connected or in progress: writable tells either way. */
-            t->want = EV_WRITE;
-            return -1;
+            if (mw__osock_connect(&t->s, &t->ai_next) < 0)
+                return fail_closed(t, L, t->s.err);
+            return -1; /* connected or in progress: writable tells */
         case ST_CONNECTING: {
-            int err = 0;
-            socklen_t len = sizeof err;
-            if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
-                err = errno;
-            if (err == EINPROGRESS || err == EALREADY) {
-                t->want = EV_WRITE;
+            int rc = mw__osock_connected(&t->s);
+            if (rc == MW_OSOCK_AGAIN)
                 return -1;
-            }
-            if (err) {
-                t->sys_err = err;
-                /* Stopped before close: the next socket may get the same fd. */
+            if (rc == MW_OSOCK_ERROR) {
+                /* On to the next address, if any. The watcher stops before
+                 * the close: the next socket may get the same fd. */
                 ev_io_stop(t->S->w->loop, &t->io);
-                close(t->fd);
-                t->fd = -1;
-                if (connect_next(t) < 0)
-                    return fail_closed(t, L, errno_text(t->sys_err, sys, sizeof sys));
-                t->want = EV_WRITE;
+                mw__osock_close(&t->s);
+                if (mw__osock_connect(&t->s, &t->ai_next) < 0)
+                    return fail_closed(t, L, t->s.err);
                 return -1;
             }
             freeaddrinfo(t->ai_list);
@@ -532,35 +237,23 @@ static int step_connect(mw_tcp_t *t, lua_State *L)
                 lua_pushinteger(L, 1);
                 return 1;
             }
-            tls_start(t, L);
+            if (!t->ctx && !t->T->ctx &&
+                !(t->T->ctx = mw__osock_tls_ctx(NULL, t->errbuf, sizeof t->errbuf)))
+                return fail_closed(t, L, t->errbuf);
+            mw__osock_tls_start(&t->s, t->ctx ? t->ctx : t->T->ctx,
+                                t->server_name ? t->server_name : t->host, t->verify);
             t->state = ST_HANDSHAKE;
             break;
         }
         case ST_HANDSHAKE: {
-            ERR_clear_error();
-            int r = SSL_connect(t->ssl);
-            if (r == 1) {
-                t->state = ST_OPEN;
-                lua_pushinteger(L, 1);
-                return 1;
-            }
-            int e = SSL_get_error(t->ssl, r);
-            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-                t->want = e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
+            int rc = mw__osock_tls_handshake(&t->s);
+            if (rc == MW_OSOCK_AGAIN)
                 return -1;
-            }
-            long v = SSL_get_verify_result(t->ssl);
-            if (t->verify && v != X509_V_OK)
-                snprintf(buf, sizeof t->errbuf, "tls: certificate verify failed: %s",
-                         X509_verify_cert_error_string(v));
-            else if (e == SSL_ERROR_SYSCALL || ERR_peek_error() == 0)
-                snprintf(buf, sizeof t->errbuf, "tls: handshake failed: %s",
-                         errno ? errno_text(errno, sys, sizeof sys) : "closed");
-            else
-                snprintf(buf, sizeof t->errbuf, "tls: handshake failed: %s",
-                         tls_reason(ERR_peek_error()));
-            ERR_clear_error();
-            return fail_closed(t, L, buf);
+            if (rc == MW_OSOCK_ERROR)
+                return fail_closed(t, L, t->s.err);
+            t->state = ST_OPEN;
+            lua_pushinteger(L, 1);
+            return 1;
         }
         default:
             return fail_closed(t, L, "closed");
@@ -570,13 +263,12 @@ static int step_connect(mw_tcp_t *t, lua_State *L)
 
 static int step_send(mw_tcp_t *t, lua_State *L)
 {
-    const char *msg = NULL;
     while (t->wpos < t->wlen) {
-        ssize_t n = write_some(t, t->wbuf + t->wpos, t->wlen - t->wpos, &msg);
-        if (n == -1)
+        ssize_t n = mw__osock_write(&t->s, t->wbuf + t->wpos, t->wlen - t->wpos);
+        if (n == MW_OSOCK_AGAIN)
             return -1;
         if (n < 0)
-            return fail_closed(t, L, msg);
+            return fail_closed(t, L, t->s.err);
         t->wpos += (size_t)n;
     }
     free(t->wbuf);
@@ -586,13 +278,20 @@ static int step_send(mw_tcp_t *t, lua_State *L)
     return 1;
 }
 
+/* Pushes the buffered bytes and takes them from the buffer. */
+static void push_buffered(mw_tcp_t *t, lua_State *L)
+{
+    mw_osock_t *s = &t->s;
+    lua_pushlstring(L, s->rbuf ? s->rbuf + s->rstart : "", s->rend - s->rstart);
+    s->rstart = s->rend = 0;
+}
+
 /* Returns "nil, err, partial" where partial is everything buffered. */
 static int fail_partial(mw_tcp_t *t, lua_State *L, const char *msg, int close_it)
 {
     lua_pushnil(L);
     lua_pushstring(L, msg);
-    lua_pushlstring(L, t->rbuf ? t->rbuf + t->rstart : "", t->rend - t->rstart);
-    t->rstart = t->rend = 0;
+    push_buffered(t, L);
     if (close_it)
         tcp_close(t);
     return 3;
@@ -600,42 +299,38 @@ static int fail_partial(mw_tcp_t *t, lua_State *L, const char *msg, int close_it
 
 static int step_receive(mw_tcp_t *t, lua_State *L)
 {
+    mw_osock_t *s = &t->s;
     for (;;) {
-        size_t avail = t->rend - t->rstart;
-        const char *p = t->rbuf ? t->rbuf + t->rstart : NULL;
+        size_t avail = s->rend - s->rstart;
+        const char *p = s->rbuf ? s->rbuf + s->rstart : NULL;
         if (t->rmode == RECV_LINE && avail) {
             const char *nl = memchr(p, '\n', avail);
             if (nl) {
                 size_t n = (size_t)(nl - p);
-                size_t len = n > 0 && p[n - 1] == '\r' ? n - 1 : n;
-                lua_pushlstring(L, p, len);
-                t->rstart += n + 1;
+                lua_pushlstring(L, p, n > 0 && p[n - 1] == '\r' ? n - 1 : n);
+                s->rstart += n + 1;
                 return 1;
             }
             if (avail > t->max_line)
                 return fail_partial(t, L, "line too long", 1);
         } else if (t->rmode == RECV_BYTES && avail >= t->rwant) {
             lua_pushlstring(L, p, t->rwant);
-            t->rstart += t->rwant;
+            s->rstart += t->rwant;
             return 1;
         } else if (t->rmode == RECV_ALL && avail > t->max_receive) {
             return fail_partial(t, L, "too large", 1);
         }
-        if (t->rstart == t->rend)
-            t->rstart = t->rend = 0;
-        const char *msg = NULL;
-        ssize_t n = read_some(t, &msg);
-        if (n == -1)
+        ssize_t n = mw__osock_read(s);
+        if (n == MW_OSOCK_AGAIN)
             return -1;
-        if (n == -2)
-            return fail_partial(t, L, msg, 1);
+        if (n == MW_OSOCK_ERROR)
+            return fail_partial(t, L, s->err, 1);
         if (n == 0) {
-            if (t->rmode == RECV_ALL) {
-                lua_pushlstring(L, t->rbuf ? t->rbuf + t->rstart : "", t->rend - t->rstart);
-                tcp_close(t);
-                return 1;
-            }
-            return fail_partial(t, L, "closed", 1);
+            if (t->rmode != RECV_ALL)
+                return fail_partial(t, L, "closed", 1);
+            push_buffered(t, L); /* "*a": the close is the end */
+            tcp_close(t);
+            return 1;
         }
     }
 }
@@ -657,15 +352,15 @@ static int step(mw_tcp_t *t, lua_State *L)
 static void arm_io(mw_tcp_t *t)
 {
     struct ev_loop *loop = t->S->w->loop;
-    if (t->fd < 0 || !t->want) {
+    int fd = t->s.fd, want = t->state == ST_RESOLVING ? 0 : t->s.want;
+    if (fd < 0 || !want) {
         ev_io_stop(loop, &t->io);
         return;
     }
-    if (ev_is_active(&t->io) &&
-        (t->io.fd != t->fd || (t->io.events & (EV_READ | EV_WRITE)) != t->want))
+    if (ev_is_active(&t->io) && (t->io.fd != fd || (t->io.events & (EV_READ | EV_WRITE)) != want))
         ev_io_stop(loop, &t->io);
     if (!ev_is_active(&t->io)) {
-        ev_io_set(&t->io, t->fd, t->want);
+        ev_io_set(&t->io, fd, want);
         ev_io_start(loop, &t->io);
     }
 }
@@ -675,7 +370,6 @@ static void kick(mw_tcp_t *t)
 {
     lua_State *co = t->waiter->co;
     lua_settop(co, 0);
-    t->want = 0;
     int n = step(t, co);
     if (n < 0) {
         arm_io(t);
@@ -723,7 +417,6 @@ static void resolved(void *arg, struct addrinfo *res, int gai_err)
 static int run(lua_State *L, mw_tcp_t *t, int op, mw_co_t *k)
 {
     t->op = op;
-    t->want = 0;
     int n = step(t, L);
     if (n >= 0) {
         t->op = OP_NONE;
@@ -825,7 +518,7 @@ static int l_connect(lua_State *L)
     t->max_line = max_line;
     t->max_receive = max_receive;
     t->reused = 0;
-    t->gai_err = t->sys_err = 0;
+    t->gai_err = 0;
     if (pool) {
         t->pool_key = xstrdup(pool);
     } else {
@@ -839,22 +532,13 @@ static int l_connect(lua_State *L)
         t->pool_key = xstrdup(lua_tostring(L, -1));
         lua_pop(L, 1);
     }
-    if (pool_take(t)) {
+    if (mw__opool_take(t->T->pool, t->pool_key, &t->s, &t->reused)) {
         t->state = ST_OPEN;
         lua_pushinteger(L, 1);
         return 1;
     }
-    if (tls && ca_file) {
-        t->ctx = SSL_CTX_new(TLS_client_method());
-        SSL_CTX_set_min_proto_version(t->ctx, TLS1_2_VERSION);
-        SSL_CTX_set_mode(t->ctx,
-                         SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-        if (SSL_CTX_load_verify_locations(t->ctx, ca_file, NULL) != 1) {
-            ERR_clear_error();
-            snprintf(t->errbuf, sizeof t->errbuf, "tls: cannot load ca_file %s", ca_file);
-            return fail_closed(t, L, t->errbuf);
-        }
-    }
+    if (tls && ca_file && !(t->ctx = mw__osock_tls_ctx(ca_file, t->errbuf, sizeof t->errbuf)))
+        return fail_closed(t, L, t->errbuf);
     /* IP literals parse here, at once; names go to the resolver thread. */
     struct addrinfo hints;
     memset(&hints, 0, sizeof hints);
@@ -897,14 +581,13 @@ static int l_send(lua_State *L)
         return push_fail(L, "closed");
     /* Straight from the Lua string; only what the kernel refuses is copied
      * (the string may not outlive the yield). */
-    const char *msg = NULL;
     size_t done = 0;
     while (done < len) {
-        ssize_t n = write_some(t, data + done, len - done, &msg);
-        if (n == -1)
+        ssize_t n = mw__osock_write(&t->s, data + done, len - done);
+        if (n == MW_OSOCK_AGAIN)
             break;
         if (n < 0)
-            return fail_closed(t, L, msg);
+            return fail_closed(t, L, t->s.err);
         done += (size_t)n;
     }
     t->wtotal = len;
@@ -1007,39 +690,12 @@ static int l_setkeepalive(lua_State *L)
         return 2;
     if (t->state != ST_OPEN)
         return push_fail(L, "closed");
-    if (t->rend > t->rstart) {
+    if (t->s.rend > t->s.rstart) {
         /* Bytes nobody read would be handed to the next user. */
         tcp_close(t);
         return push_fail(L, "unread data in buffer");
     }
-    mw_tcp_state_t *T = t->T;
-    struct ev_loop *loop = t->S->w->loop;
-    /* Full: the oldest connection of this key goes. */
-    lua_Integer same = 0;
-    mw_pooled_t *oldest = NULL;
-    for (mw_pooled_t *p = T->pool; p; p = p->next)
-        if (strcmp(p->key, t->pool_key) == 0) {
-            same++;
-            oldest = p;
-        }
-    if (same >= size && oldest)
-        pooled_free(loop, oldest, 1);
-    mw_pooled_t *p = mw__xcalloc(1, sizeof *p);
-    p->T = T;
-    p->key = xstrdup(t->pool_key);
-    p->fd = t->fd;
-    p->ssl = t->ssl;
-    p->reused = t->reused;
-    ev_io_init(&p->io, pooled_readable, p->fd, EV_READ);
-    ev_io_start(loop, &p->io);
-    ev_timer_init(&p->idle, pooled_expired, idle, 0.);
-    ev_timer_start(loop, &p->idle);
-    p->next = T->pool;
-    if (T->pool)
-        T->pool->prev = p;
-    T->pool = p;
-    t->fd = -1;
-    t->ssl = NULL;
+    mw__opool_put(t->T->pool, t->pool_key, &t->s, t->reused, idle, (size_t)size);
     tcp_close(t);
     lua_pushinteger(L, 1);
     return 1;
@@ -1085,7 +741,7 @@ static int l_tcp(lua_State *L)
     mw_tcp_t *t = lua_newuserdata(L, sizeof *t);
     memset(t, 0, sizeof *t);
     t->S = S;
-    t->fd = -1;
+    mw__osock_init(&t->s);
     t->self_ref = LUA_NOREF;
     t->state = ST_NEW;
     t->max_line = TCP_MAX_LINE;
@@ -1141,8 +797,7 @@ void mw__tcp_close_all(mw_lua_t *S)
         tcp_unlink(t);
         t->T = NULL;
     }
-    while (T->pool)
-        pooled_free(S->w->loop, T->pool, 1);
+    mw__opool_free(T->pool);
     mw__resolver_free(T->resolver);
     if (T->ctx)
         SSL_CTX_free(T->ctx);
