@@ -388,6 +388,29 @@ describe("outbound clients", function()
     end)
   end)
 
+  describe("workers", function()
+    it("gives each worker its own sockets, pool and resolver", function()
+      local s2 = server.start(APP, { flags = { "--workers", "2" } })
+      local by_worker, conns = {}, {}
+      for i = 1, 64 do -- SO_REUSEPORT spreads connections by hash: open until both are hit
+        conns[i] = ws.open(s2, "/c")
+        by_worker[ask(conns[i], { op = "worker" }).worker] = conns[i]
+        if by_worker[1] and by_worker[2] then break end
+      end
+      for w = 1, 2 do
+        local ci = assert(by_worker[w], "no connection reached worker " .. w)
+        for _ = 1, 2 do -- the second time from the worker's pool
+          local r = ask(ci, { op = "http", req = { url = "http://localhost:" .. http_up.port .. "/hello" } })
+          assert.equal("hello", r.body)
+          r = ask(ci, { op = "redis", port = redis_srv.port, cmds = { { "incr", "workers_n" } } })
+          assert.is_number(r.results[1].v)
+        end
+      end
+      for _, ci in ipairs(conns) do ci:close_tcp() end
+      s2:stop()
+    end)
+  end)
+
   describe("shutdown", function()
     it("stops cleanly while handlers wait on upstreams and connections sit in the pool", function()
       local s2 = server.start(APP)

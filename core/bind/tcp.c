@@ -302,7 +302,7 @@ static int step_receive(mw_tcp_t *t, lua_State *L)
     mw_osock_t *s = &t->s;
     for (;;) {
         size_t avail = s->rend - s->rstart;
-        const char *p = s->rbuf ? s->rbuf + s->rstart : NULL;
+        const char *p = s->rbuf ? s->rbuf + s->rstart : "";
         if (t->rmode == RECV_LINE && avail) {
             const char *nl = memchr(p, '\n', avail);
             if (nl) {

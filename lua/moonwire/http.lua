@@ -185,7 +185,8 @@ function M.request(opts)
   until status >= 200 or status == 101
   local rbody, reusable, berr = read_body(sock, method, status, headers, max)
   if not rbody then sock:close(); return nil, berr end
-  if reusable and opts.keepalive ~= false and not wants_close(version, headers) then
+  -- After a 101 the connection speaks another protocol: never pooled.
+  if reusable and status ~= 101 and opts.keepalive ~= false and not wants_close(version, headers) then
     sock:setkeepalive(opts.keepalive_timeout or M.KEEPALIVE_IDLE,
       opts.keepalive_pool or M.KEEPALIVE_POOL)
   else

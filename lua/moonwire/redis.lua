@@ -222,7 +222,8 @@ function Redis:get_reused_times()
 end
 
 -- redis.connect{ host, port, password, db, timeout (ms, each operation),
--- tls, verify, server_name, ca_file, pool } -> red | nil, err
+-- tls, verify, server_name, ca_file, pool, max_receive (largest bulk
+-- reply, default moonwire.tcp's 16 MiB) } -> red | nil, err
 function M.connect(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("moonwire.redis: connect takes a table of options", 2) end
@@ -235,7 +236,8 @@ function M.connect(opts)
   local pool = opts.pool or ("redis:" .. host .. ":" .. port .. ":" .. (db or 0) .. ":"
     .. (opts.password or "") .. (opts.tls and ":tls" or ""))
   local ok, err = sock:connect(host, port, { tls = opts.tls, verify = opts.verify,
-    server_name = opts.server_name, ca_file = opts.ca_file, pool = pool })
+    server_name = opts.server_name, ca_file = opts.ca_file, pool = pool,
+    max_receive = opts.max_receive })
   if not ok then return nil, err end
   local self = setmetatable({ sock = sock, addr = host .. ":" .. port, dead = false,
     pipe = false, subscribed = false }, mt)

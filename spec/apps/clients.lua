@@ -33,6 +33,8 @@ function ops.ping() return { pong = true } end
 
 function ops.load_error() return { err = load_error } end
 
+function ops.worker() return { worker = moonwire.worker } end
+
 -- A socket driven step by step: { "send", data } { "receive", pattern }
 -- { "close" } { "keepalive", ms, size }; each step's results come back.
 function ops.tcp(r)
