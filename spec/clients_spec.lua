@@ -192,6 +192,18 @@ describe("outbound clients", function()
       assert.is_true(r.reused >= 1)
     end)
 
+    it("sends an idempotent request again when a pooled connection turns out closed", function()
+      local drop = url("/drop-second")
+      assert.equal("first", ask(c, { op = "http", req = { url = drop } }).body)
+      local r = ask(c, { op = "http", req = { url = drop } }) -- the pooled one: dropped, retried
+      assert.equal("first", r.body)
+      assert.equal(0, r.reused)
+      -- The retry's connection went to the pool; a POST on it is dropped and
+      -- not sent twice.
+      r = ask(c, { op = "http", req = { url = drop, method = "POST", body = "x" } })
+      assert.equal("closed", r.err)
+    end)
+
     it("reads chunked and close-delimited bodies", function()
       assert.equal("abbccc", ask(c, { op = "http", req = { url = url("/chunked") } }).body)
       assert.equal("until the close", ask(c, { op = "http", req = { url = url("/close") } }).body)

@@ -156,18 +156,14 @@ local function wants_close(version, headers)
   return false
 end
 
--- http.request{ url, method = "GET", headers = {}, body = nil, timeout = ms,
---   max_body_size, keepalive = true, verify = true, ca_file, server_name }
--- -> res { status, reason, headers, body } | nil, err
-function M.request(opts)
-  if type(opts) == "string" then opts = { url = opts } end
-  if type(opts) ~= "table" then error("moonwire.http: request takes a table or a url", 2) end
-  local u, uerr = M._parse_url(opts.url, HTTP_SCHEMES)
-  if not u then return nil, uerr end
-  local method = opts.method and opts.method:upper() or "GET"
-  local body = opts.body
-  if body ~= nil and type(body) ~= "string" then error("moonwire.http: body must be a string", 2) end
-  local max = opts.max_body_size or M.MAX_BODY_SIZE
+-- Methods that may be sent again (RFC 9110 9.2.2).
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true,
+                     TRACE = true }
+
+-- One try on one connection. Returns res; or nil, err, stale where stale
+-- says the failure came from a pooled connection before any byte of a
+-- response (the server had closed it meanwhile): worth one more try.
+local function attempt(u, opts, method, body, max)
   local sock, err = M._connect(u, opts)
   if not sock then return nil, err end
   local reused = sock:getreusedtimes()
@@ -177,11 +173,16 @@ function M.request(opts)
   end
   if opts.keepalive == false then extra.Connection = "close" end
   local ok, serr = sock:send(M._head(method, u, opts.headers, extra) .. (body or ""))
-  if not ok then sock:close(); return nil, serr end
+  if not ok then sock:close(); return nil, serr, reused > 0 end
   local status, reason, headers, version
+  local first = true
   repeat -- interim 1xx responses (100 Continue) come before the real one
     status, reason, headers, version = M._read_head(sock)
-    if not status then sock:close(); return nil, reason end
+    if not status then
+      sock:close()
+      return nil, reason, first and reused > 0 and reason == "closed"
+    end
+    first = false
   until status >= 200 or status == 101
   local rbody, reusable, berr = read_body(sock, method, status, headers, max)
   if not rbody then sock:close(); return nil, berr end
@@ -194,6 +195,27 @@ function M.request(opts)
   end
   -- reused: how many times the connection had served before (0: new).
   return { status = status, reason = reason, headers = headers, body = rbody, reused = reused }
+end
+
+-- http.request{ url, method = "GET", headers = {}, body = nil, timeout = ms,
+--   max_body_size, keepalive = true, verify = true, ca_file, server_name }
+-- -> res { status, reason, headers, body, reused } | nil, err
+function M.request(opts)
+  if type(opts) == "string" then opts = { url = opts } end
+  if type(opts) ~= "table" then error("moonwire.http: request takes a table or a url", 2) end
+  local u, uerr = M._parse_url(opts.url, HTTP_SCHEMES)
+  if not u then return nil, uerr end
+  local method = opts.method and opts.method:upper() or "GET"
+  local body = opts.body
+  if body ~= nil and type(body) ~= "string" then error("moonwire.http: body must be a string", 2) end
+  local max = opts.max_body_size or M.MAX_BODY_SIZE
+  -- A pooled connection the server closed while idle fails before any
+  -- response: an idempotent request goes again, on another connection.
+  for _ = 1, M.KEEPALIVE_POOL + 1 do
+    local res, err, stale = attempt(u, opts, method, body, max)
+    if res or not (stale and IDEMPOTENT[method]) then return res, err end
+  end
+  return nil, "closed"
 end
 
 -- Shorthands: http.get(url [, opts]), http.post(url, body [, opts]).

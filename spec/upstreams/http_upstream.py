@@ -10,6 +10,8 @@ Python's http.server on 127.0.0.1 (port from argv, 0 = any); prints
   /longline         a body of 100000 "x" with no newline
   /status?code=N    status N, body "status N"
   /echo (POST)      the request body back, x-method and x-length headers
+  /drop-second      200 "first" on a connection's first request; its second
+                    request (GET or POST) gets no answer, the connection closes
 """
 import sys
 import time
@@ -32,7 +34,20 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    # One handler object serves one connection: it counts its requests.
+    def second_dropped(self):
+        self.seen = getattr(self, "seen", 0) + 1
+        if urlsplit(self.path).path != "/drop-second":
+            return False
+        if self.seen >= 2:
+            self.close_connection = True
+            return True
+        self.reply(200, "first")
+        return True
+
     def do_GET(self):
+        if self.second_dropped():
+            return
         u = urlsplit(self.path)
         q = {k: v[0] for k, v in parse_qs(u.query).items()}
         if u.path == "/hello":
@@ -68,6 +83,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(n)
+        if self.second_dropped():
+            return
         self.reply(200, body, [("X-Method", "POST"), ("X-Length", str(n))])
 
 
