@@ -293,7 +293,9 @@ describe("outbound clients", function()
 
     it("subscribes and reads messages published from another connection", function()
       local sub = ws.open(srv, "/c")
-      sub:send_text(cjson.encode { op = "redis_sub", port = redis_srv.port, channel = "news", count = 2 })
+      -- A read that times out before a message leaves the subscription usable.
+      sub:send_text(cjson.encode { op = "redis_sub", port = redis_srv.port, channel = "news", count = 2,
+        timeout = 300, idle_read = true })
       sub:expect_text("subscribed", 5)
       local r = ask(c, { op = "redis", port = redis_srv.port,
         cmds = { { "publish", "news", "m1" }, { "publish", "news", "m2" } } })
@@ -301,6 +303,7 @@ describe("outbound clients", function()
       local got = cjson.decode(sub:expect_text(nil, 5))
       assert.same({ "subscribe", "news", 1 }, got.confirm[1])
       assert.same({ { "message", "news", "m1" }, { "message", "news", "m2" } }, got.messages)
+      assert.equal("timeout", got.idle_err)
       assert.matches("not pooled", got.keepalive_err)
       sub:close_tcp()
     end)

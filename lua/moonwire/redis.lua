@@ -59,11 +59,18 @@ local function encode(cmd, n, ...)
 end
 M._encode = function(cmd, ...) return encode(cmd, select("#", ...), ...) end
 
+-- A timeout after part of a reply leaves the stream out of step.
+local MID_REPLY = "timeout in the middle of a reply"
+
 -- Reads one reply. Returns value; or false, "ERR ..." for an error reply;
--- or nil, transport error.
-local function read_reply(sock)
-  local line, err = sock:receive("*l")
-  if not line then return nil, err end
+-- or nil, transport error. Only a timeout before the first byte of a
+-- top-level reply reads plain "timeout" (the stream is still in step).
+local function read_reply(sock, nested)
+  local line, err, partial = sock:receive("*l")
+  if not line then
+    if err == "timeout" and (nested or partial ~= "") then err = MID_REPLY end
+    return nil, err
+  end
   local kind, rest = byte(line, 1), sub(line, 2)
   if kind == 43 then                       -- "+" status
     return rest
@@ -76,7 +83,7 @@ local function read_reply(sock)
     if not n then return nil, "protocol error: bad bulk length" end
     if n < 0 then return M.null end
     local data, rerr = sock:receive(n + 2)
-    if not data then return nil, rerr end
+    if not data then return nil, rerr == "timeout" and MID_REPLY or rerr end
     return sub(data, 1, n)
   elseif kind == 42 then                   -- "*" array
     local n = tonumber(rest)
@@ -84,7 +91,7 @@ local function read_reply(sock)
     if n < 0 then return M.null end
     local arr = {}
     for i = 1, n do
-      local v, verr = read_reply(sock)
+      local v, verr = read_reply(sock, true)
       if v == nil then return nil, verr end
       if v == false then v = { false, verr } end
       arr[i] = v

@@ -80,12 +80,15 @@ function ops.redis(r)
   return out
 end
 
--- Subscribes, says "subscribed" on ws, then waits for `count` messages.
+-- Subscribes, says "subscribed" on ws, then waits for `count` messages
+-- (with idle_read, first reads once before anything is published).
 function ops.redis_sub(r, ws)
   local red, err = redis.connect { port = r.port, timeout = r.timeout or 10000 }
   if not red then return { err = err } end
   local conf, serr = red:subscribe(r.channel)
   if not conf then return { err = serr } end
+  local _, idle_err = nil, nil
+  if r.idle_read then _, idle_err = red:read_reply() end -- nothing published yet
   ws:send("subscribed")
   local messages = {}
   for i = 1, r.count or 1 do
@@ -94,7 +97,7 @@ function ops.redis_sub(r, ws)
     messages[i] = m
   end
   local _, kerr = red:set_keepalive()
-  return { confirm = conf, messages = messages, keepalive_err = kerr }
+  return { confirm = conf, messages = messages, keepalive_err = kerr, idle_err = idle_err }
 end
 
 function ops.ws(r)
