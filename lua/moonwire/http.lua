@@ -14,7 +14,8 @@
 local tonumber, type, pairs, ipairs, tostring = tonumber, type, pairs, ipairs, tostring
 local setmetatable = setmetatable
 local concat, error = table.concat, error
-local lower, find, sub, match = string.lower, string.find, string.sub, string.match
+local lower, find, sub, match, format = string.lower, string.find, string.sub, string.match,
+  string.format
 
 local M = {}
 
@@ -32,6 +33,8 @@ local TLS_SCHEMES = { https = true, wss = true }
 -- Returns { scheme, host, port, target, tls, authority } or nil, err.
 function M._parse_url(url, schemes)
   if type(url) ~= "string" then return nil, "url must be a string" end
+  -- Spaces and control characters would split the request line.
+  if find(url, "[%c%s]") then return nil, "bad url (spaces or control characters): " .. url end
   local scheme, rest = match(url, "^(%a[%w+.-]*)://(.*)$")
   scheme = scheme and lower(scheme)
   if not scheme or not schemes[scheme] then
@@ -84,7 +87,29 @@ function M._read_head(sock)
   return tonumber(status), reason, headers, version
 end
 
--- Builds the request head and body. headers: name -> value (or list).
+local TOKEN = "^[%w!#$%%&'*+.^_`|~-]+$" -- RFC 9110 5.6.2
+
+-- Raises at the app's call unless the method and header names are tokens
+-- and no value holds a line break: either would let a value inject
+-- headers or split the request.
+function M._check_request(method, headers)
+  if type(method) ~= "string" or not match(method, TOKEN) then
+    error("moonwire.http: bad method " .. tostring(method), 3)
+  end
+  for name, value in pairs(headers or {}) do
+    if type(name) ~= "string" or not match(name, TOKEN) then
+      error("moonwire.http: bad header name " .. format("%q", tostring(name)), 3)
+    end
+    for _, v in ipairs(type(value) == "table" and value or { value }) do
+      if find(tostring(v), "[\r\n%z]") then
+        error("moonwire.http: header " .. name .. " has a line break in its value", 3)
+      end
+    end
+  end
+end
+
+-- Builds the request head. headers: name -> value (or a list of values),
+-- checked by _check_request.
 function M._head(method, u, headers, extra)
   local lines = { method .. " " .. u.target .. " HTTP/1.1\r\n" }
   local seen = {}
@@ -205,7 +230,8 @@ function M.request(opts)
   if type(opts) ~= "table" then error("moonwire.http: request takes a table or a url", 2) end
   local u, uerr = M._parse_url(opts.url, HTTP_SCHEMES)
   if not u then return nil, uerr end
-  local method = opts.method and opts.method:upper() or "GET"
+  local method = type(opts.method) == "string" and opts.method:upper() or opts.method or "GET"
+  M._check_request(method, opts.headers)
   local body = opts.body
   if body ~= nil and type(body) ~= "string" then error("moonwire.http: body must be a string", 2) end
   local max = opts.max_body_size or M.MAX_BODY_SIZE

@@ -157,6 +157,7 @@ end
 -- max_message_size, verify, ca_file, server_name.
 function M.connect(url, opts)
   opts = opts or {}
+  http._check_request("GET", opts.headers)
   local u, uerr = http._parse_url(url, WS_SCHEMES)
   if not u then return nil, uerr end
   local max = opts.max_message_size or M.MAX_MESSAGE_SIZE

@@ -61,6 +61,13 @@ function ops.http(r)
   return { status = res.status, body = res.body, headers = res.headers, reused = res.reused }
 end
 
+-- Misuse raises at the caller's line (the app's, here).
+function ops.http_misuse(r)
+  local ok, err = pcall(http.request, { url = r.url, headers = { ["X-A"] = "a\r\nEvil: 1" } })
+  local ok2, err2 = pcall(websocket.connect, r.url, { headers = { ["Bad Name"] = "x" } })
+  return { raised = not ok and err, raised2 = not ok2 and err2 }
+end
+
 -- Commands by method name (red:set, red:get: the __index path), or a pipeline.
 function ops.redis(r)
   local red, err = redis.connect { port = r.port, db = r.db, timeout = r.timeout }
