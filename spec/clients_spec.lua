@@ -78,6 +78,22 @@ describe("outbound clients", function()
       assert.equal("no such host: nonexistent.invalid", r.err)
     end)
 
+    it("times out a connect that gets no answer", function()
+      -- A listener with a full backlog drops further SYNs: the connect hangs.
+      local l = assert(socket.bind("127.0.0.1", 0, 0))
+      local _, port = l:getsockname()
+      local filler = socket.tcp()
+      filler:settimeout(1)
+      assert(filler:connect("127.0.0.1", port))
+      local t0 = now()
+      local r = ask(c, { op = "tcp", port = tonumber(port), timeouts = { 300, 1000, 1000 } })
+      assert.equal("timeout", r.err)
+      assert.is_true(now() - t0 < 5)
+      assert.is_true(ask(c, { op = "ping" }).pong)
+      filler:close()
+      l:close()
+    end)
+
     it("resolves host names off the loop (localhost)", function()
       local r = ask(c, { op = "tcp", host = "localhost", port = redis_srv.port,
         steps = { { "send", "PING\r\n" }, { "receive", "*l" } } })

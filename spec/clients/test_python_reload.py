@@ -462,8 +462,11 @@ class FailedReloadTests(ReloadCase):
         self.write("app.lua", broken)
         body = await self.reload_admin(expect_ok=False)
         self.assertRegex(body["error"], re.escape(self.app_path) + ":%d: boom while loading" % line)
-        self.assertEqual(self.log_count(r"reload failed .*app\.lua:%d: boom while loading" % line), 1,
-                         self.server.log())
+        # The server logs before it answers, but stderr reaches us on a
+        # reader thread: wait for the line, then check it came once.
+        pattern = r"reload failed .*app\.lua:%d: boom while loading" % line
+        await self.wait_log_count(pattern, 1)
+        self.assertEqual(self.log_count(pattern), 1, self.server.log())
         await self.assert_still_v1(ws, "R")
         with self.assertRaises(asyncio.TimeoutError):
             got = await self.recv(sub, 0.5)
