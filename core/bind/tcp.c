@@ -508,6 +508,7 @@ static int l_connect(lua_State *L)
 
     tcp_close(t); /* connecting again drops the old connection */
     tcp_link(t);
+    t->s.short_io = t->S->w->short_io;
     free(t->host);
     free(t->server_name);
     free(t->pool_key);

@@ -206,8 +206,24 @@ int mw__osock_tls_handshake(mw_osock_t *s)
 
 /* --- reading and writing -------------------------------------------------- */
 
+/* Short I/O test mode: every other call on plain TCP says "wait", as a
+ * congested socket would (TLS may hold decrypted bytes the fd no longer
+ * shows as readable, so it only gets the one-byte sizes). */
+static int short_turn(mw_osock_t *s, int want)
+{
+    if (!s->short_io || s->ssl)
+        return 0;
+    s->short_turn ^= want; /* one toggle per direction */
+    if (s->short_turn & want)
+        return 0;
+    s->want = want;
+    return 1;
+}
+
 ssize_t mw__osock_read(mw_osock_t *s)
 {
+    if (short_turn(s, EV_READ))
+        return MW_OSOCK_AGAIN;
     if (s->rend == s->rcap) {
         if (s->rstart > 0) {
             memmove(s->rbuf, s->rbuf + s->rstart, s->rend - s->rstart);
@@ -219,7 +235,7 @@ ssize_t mw__osock_read(mw_osock_t *s)
             s->rbuf = mw__xrealloc(s->rbuf, s->rcap);
         }
     }
-    size_t room = s->rcap - s->rend;
+    size_t room = s->short_io ? 1 : s->rcap - s->rend;
     if (!s->ssl) {
         ssize_t n = recv(s->fd, s->rbuf + s->rend, room, 0);
         if (n >= 0) {
@@ -253,6 +269,10 @@ ssize_t mw__osock_read(mw_osock_t *s)
 
 ssize_t mw__osock_write(mw_osock_t *s, const char *p, size_t len)
 {
+    if (short_turn(s, EV_WRITE))
+        return MW_OSOCK_AGAIN;
+    if (s->short_io && len > 1)
+        len = 1;
     if (!s->ssl) {
         ssize_t n = send(s->fd, p, len, MSG_NOSIGNAL);
         if (n >= 0)

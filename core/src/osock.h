@@ -26,6 +26,9 @@ typedef struct mw_osock {
     char *rbuf;
     size_t rstart, rend, rcap;
     int want; /* EV_READ / EV_WRITE after MW_OSOCK_AGAIN */
+    /* Test mode (MOONWIRE_TEST_SHORT_IO): one byte per read and write, and
+     * on plain TCP an EAGAIN between bytes, so every partial path runs. */
+    int short_io, short_turn; /* short_turn: EV_READ/EV_WRITE bits, alternating */
     char err[192];
 } mw_osock_t;
 

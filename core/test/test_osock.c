@@ -126,6 +126,29 @@ static void test_read_write(void)
     close(lfd);
 }
 
+/* Short I/O test mode: a byte per call, a wait between calls. */
+static void test_short_io(void)
+{
+    int port, lfd = listener(&port);
+    mw_osock_t s;
+    int peer = connect_pair(&s, lfd, port);
+    s.short_io = 1;
+    CHECK_EQ(mw__osock_write(&s, "abc", 3), 1);
+    CHECK_EQ(mw__osock_write(&s, "bc", 2), MW_OSOCK_AGAIN);
+    CHECK_EQ(s.want, EV_WRITE);
+    CHECK_EQ(mw__osock_write(&s, "bc", 2), 1);
+    CHECK_EQ(send(peer, "xyz", 3, 0), 3);
+    wait_for(s.fd, POLLIN);
+    CHECK_EQ(mw__osock_read(&s), 1);
+    CHECK_EQ(mw__osock_read(&s), MW_OSOCK_AGAIN);
+    CHECK_EQ(s.want, EV_READ);
+    CHECK_EQ(mw__osock_read(&s), 1);
+    CHECK_MEM(s.rbuf + s.rstart, "xy", 2);
+    close(peer);
+    mw__osock_close(&s);
+    close(lfd);
+}
+
 static void test_texts(void)
 {
     char buf[64];
@@ -210,6 +233,7 @@ int main(void)
 {
     RUN(test_refused);
     RUN(test_read_write);
+    RUN(test_short_io);
     RUN(test_texts);
     RUN(test_pool);
     RUN(test_idle_timeout);
