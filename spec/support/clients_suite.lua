@@ -212,6 +212,17 @@ return function(mode)
         c2:close_tcp()
         assert.truthy(server.poll(2, function() return open_fds(srv.pid) <= before end))
       end)
+
+      it("disarms a moonwire.sleep whose yield failed the same way", function()
+        c:send_text(cjson.encode { op = "gsub_sleep" })
+        c:expect_close(1011)
+        local errors = select(2, srv:log():gsub("error", ""))
+        socket.sleep(0.4) -- past the sleep's 0.2 s: its timer must not fire
+        local c2 = ws.open(srv, "/c")
+        for _ = 1, 3 do assert.is_true(ask(c2, { op = "ping" }).pong) end
+        c2:close_tcp()
+        assert.equal(errors, select(2, srv:log():gsub("error", "")), srv:log())
+      end)
     end)
 
     describe("moonwire.http", function()
