@@ -202,7 +202,12 @@ class ReloadCase(MoonwireCase):
         return status, body.decode("utf-8", "replace")
 
     async def reload_admin(self, expect_ok=True):
+        # The server logs the outcome before it answers, but its stderr
+        # reaches us on a reader thread: wait for the line, as sighup() does,
+        # so that log checks after this see it.
+        n = self.log_count(r"reload(ed| failed)")
         status, body = await self.admin("POST", "/reload")
+        await self.wait_log_count(r"reload(ed| failed)", n + 1)
         if expect_ok:
             self.assertEqual(status, 200, body)
             self.assertIs(body.get("ok"), True, body)
@@ -462,11 +467,8 @@ class FailedReloadTests(ReloadCase):
         self.write("app.lua", broken)
         body = await self.reload_admin(expect_ok=False)
         self.assertRegex(body["error"], re.escape(self.app_path) + ":%d: boom while loading" % line)
-        # The server logs before it answers, but stderr reaches us on a
-        # reader thread: wait for the line, then check it came once.
-        pattern = r"reload failed .*app\.lua:%d: boom while loading" % line
-        await self.wait_log_count(pattern, 1)
-        self.assertEqual(self.log_count(pattern), 1, self.server.log())
+        self.assertEqual(self.log_count(r"reload failed .*app\.lua:%d: boom while loading" % line), 1,
+                         self.server.log())
         await self.assert_still_v1(ws, "R")
         with self.assertRaises(asyncio.TimeoutError):
             got = await self.recv(sub, 0.5)
