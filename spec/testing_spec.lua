@@ -103,6 +103,15 @@ describe("moonwire.testing", function()
       assert.has_error(function() testing.load(42) end)
     end)
 
+    it("says that outbound sockets need the real server", function()
+      local ok, err = pcall(testing.load, function()
+        local moonwire = require "moonwire"
+        moonwire.tcp()
+      end)
+      assert.is_false(ok)
+      assert.matches("moonwire.tcp is not available in moonwire.testing", err, 1, true)
+    end)
+
     it("rejects what the server rejects while the app file loads", function()
       local ok, err = pcall(testing.load, function()
         local moonwire = require "moonwire"

@@ -25,6 +25,10 @@ struct mw_co {
     ev_timer timer;             /* wakes a sleeping call */
     void (*on_done)(void *arg); /* called when a suspended call ends (timers) */
     void *done_arg;
+    /* Called if the call ends while `waiting` (its yield failed): whoever
+     * armed a wait for it (a socket) disarms. Set by mw__lua_wait. */
+    void (*on_cancel)(void *arg);
+    void *cancel_arg;
     struct mw_lua *S;
     mw_co_t *next; /* pool or busy list */
     mw_co_t *prev;
@@ -58,6 +62,7 @@ typedef struct mw_lua {
     struct mw_broker *broker; /* --broker: publishes to other processes, or NULL */
     int index, nworkers;      /* this worker (0-based) of how many */
     unsigned reloads, reload_failures;
+    struct mw_tcp_state *tcp; /* outbound sockets, their pools and resolver (tcp.c) */
 } mw_lua_t;
 
 /* Creates the Lua state, loads the app file and keeps the app. Modules are
@@ -127,6 +132,23 @@ void mw__route_upgrade(void *ud, mw_conn_t *c, const mw_http_request_t *req);
 void mw__route_http(void *ud, mw_conn_t *c, const mw_http_request_t *req);
 int mw__luaopen_core(lua_State *L);
 int mw__sched_init(mw_lua_t *S);
+/* The coroutine a moonwire call that yields (`what`, e.g. "moonwire.sleep")
+ * may suspend: the running handler's, if L is it. Raises a clear error when
+ * L cannot wait (the app file loading, a coroutine of the app's own). */
+mw_co_t *mw__lua_waiter(lua_State *L, mw_lua_t *S, const char *what);
+/* Marks k as waiting; call right before `return lua_yield(L, 0)`. If the
+ * yield fails (a C boundary such as a string.gsub callback), the call ends
+ * with that error and on_cancel(arg) runs to disarm the wait. */
+void mw__lua_wait(mw_co_t *k, void (*on_cancel)(void *), void *arg);
+/* Resumes k, suspended in a moonwire wait, with the nret values on the top
+ * of k->co as the results of the call that yielded. */
+void mw__lua_wake(mw_co_t *k, int nret);
+/* Outbound TCP (tcp.c): moonwire.core.tcp, and the teardown of every
+ * socket, pool and the resolver before the state closes. */
+void mw__tcp_register(lua_State *L, mw_lua_t *S);
+void mw__tcp_close_all(mw_lua_t *S);
+/* The WebSocket client's codec helpers on moonwire.core (wsc.c). */
+void mw__wsc_register(lua_State *L);
 void mw__sched_close(mw_lua_t *S);
 
 #endif

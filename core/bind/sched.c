@@ -86,6 +86,16 @@ static void co_finish(mw_lua_t *S, mw_co_t *k, int reusable, int failed)
     k->conn = NULL;
     k->kind = MW_CO_HANDLER;
     k->on_done = NULL;
+    if (k->waiting) {
+        /* The call ended while a wait was armed for it (its yield raised):
+         * nothing may resume it, so disarm the wait. */
+        if (S->w)
+            ev_timer_stop(S->w->loop, &k->timer);
+        if (k->on_cancel)
+            k->on_cancel(k->cancel_arg);
+        k->waiting = 0;
+    }
+    k->on_cancel = NULL;
     if (on_done)
         on_done(k->done_arg);
     if (reusable && S->npool < MW_CO_POOL_MAX) {
@@ -116,6 +126,7 @@ static int co_resume(mw_lua_t *S, mw_co_t *k, int nargs)
     mw_co_t *prev = S->running;
     S->running = k;
     k->waiting = 0;
+    k->on_cancel = NULL;
     /* Time in Lua, for the handler-time metric: two vDSO clock reads, only
      * once someone reads the figures (--metrics, --admin, moonwire.stats):
      * at millions of messages a second they are not free. */
@@ -244,25 +255,49 @@ static int l_take(lua_State *L)
     return 2;
 }
 
-static void sleep_done(struct ev_loop *loop, ev_timer *t, int revents)
+void mw__lua_wake(mw_co_t *k, int nret)
 {
-    (void)loop;
-    (void)revents;
-    mw_co_t *k = (mw_co_t *)((char *)t - offsetof(mw_co_t, timer));
     mw_lua_t *S = k->S;
     co_unlink_busy(S, k);
     mw_conn_t *c = k->conn;
     int kind = k->kind;
     if (c)
         mw__conn_retain(c);
-    lua_settop(k->co, 0);
-    int suspended = co_resume(S, k, 0);
+    int suspended = co_resume(S, k, nret);
     if (c) {
         /* A WebSocket's suspended call ended: its waiting events run. */
         if (!suspended && (kind == MW_CO_HANDLER || kind == MW_CO_CLOSE))
             mw__conn_handler_done(c);
         mw__conn_release(c);
     }
+}
+
+mw_co_t *mw__lua_waiter(lua_State *L, mw_lua_t *S, const char *what)
+{
+    mw_co_t *k = S->running;
+    if (!k || k->co != L || !S->w)
+        luaL_error(L,
+                   "%s can only be called inside a handler (on_open, on_message, on_close, "
+                   "an HTTP route), the upgrade hook or a timer, not while the app file loads "
+                   "or from a coroutine of your own",
+                   what);
+    return k;
+}
+
+void mw__lua_wait(mw_co_t *k, void (*on_cancel)(void *), void *arg)
+{
+    k->waiting = 1;
+    k->on_cancel = on_cancel;
+    k->cancel_arg = arg;
+}
+
+static void sleep_done(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    mw_co_t *k = (mw_co_t *)((char *)t - offsetof(mw_co_t, timer));
+    lua_settop(k->co, 0);
+    mw__lua_wake(k, 0);
 }
 
 /* moonwire.sleep(seconds): suspends the calling handler; other connections
@@ -272,14 +307,10 @@ static int l_sleep(lua_State *L)
     mw_lua_t *S = lua_touserdata(L, lua_upvalueindex(1));
     lua_Number s = luaL_checknumber(L, 1);
     luaL_argcheck(L, s >= 0 && s == s, 1, "seconds must be a number >= 0");
-    mw_co_t *k = S->running;
-    if (!k || k->co != L)
-        return luaL_error(L, "moonwire.sleep can only be called inside a handler (on_open, "
-                             "on_message, on_close), not while the app file loads or from a "
-                             "coroutine of your own");
+    mw_co_t *k = mw__lua_waiter(L, S, "moonwire.sleep");
     ev_timer_init(&k->timer, sleep_done, (ev_tstamp)s, 0.);
     ev_timer_start(S->w->loop, &k->timer);
-    k->waiting = 1;
+    mw__lua_wait(k, NULL, NULL);
     return lua_yield(L, 0);
 }
 
@@ -341,6 +372,8 @@ int mw__luaopen_core(lua_State *L)
     lua_setfield(L, -2, "workers");
     mw__routes_register(L, S);
     mw__timer_register(L, S);
+    mw__tcp_register(L, S);
+    mw__wsc_register(L);
     return 1;
 }
 

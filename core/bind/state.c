@@ -336,6 +336,7 @@ void mw__lua_close(mw_lua_t *S)
     if (!S->L)
         return;
     mw__timer_close(S);
+    mw__tcp_close_all(S); /* before the coroutines its waits point at go */
     mw__sched_close(S);
     /* Connections the app still holds (finished ones whose on_close never
      * got to run, at shutdown) are let go here. */

@@ -38,6 +38,9 @@ local M = {
   worker = core.worker,   -- this worker's number, 1..workers (--workers)
   workers = core.workers,
   stats = core.stats,
+  -- Outbound TCP (and TLS) for handlers, the upgrade hook and timers; the
+  -- Redis, HTTP and WebSocket clients (docs/clients.md) are built on it.
+  tcp = core.tcp,
 }
 
 -- Logging through the server's logger, so Lua lines and C lines share one

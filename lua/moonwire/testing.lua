@@ -751,6 +751,13 @@ local function make_core(kit)
 
   function core.now() return kit.clock end
 
+  -- Outbound sockets need the server's loop; the kit has no network.
+  function core.tcp()
+    error("moonwire.tcp is not available in moonwire.testing (the kit simulates connections "
+      .. "but has no event loop for outbound sockets); test outbound I/O against the real "
+      .. "server (docs/clients.md), or pass a fake client to your handlers", 2)
+  end
+
   function core.log(level, msg) if level >= kit.log_level then kit:_log(level, msg) end end
 
   function core.log_enabled(level) return level >= kit.log_level end

@@ -326,7 +326,9 @@ class LuaRocksTest(unittest.IsolatedAsyncioTestCase):
     def test_1_installed_files_and_version(self):
         sys.stderr.write("(luarocks make of moonwire took %.1f s) " % self.build_seconds)
         files = files_under(self.t1)
-        for want in ("bin/moonwire", "share/lua/5.1/moonwire/init.lua", "share/lua/5.1/moonwire/jsonrpc.lua"):
+        for want in ("bin/moonwire", "share/lua/5.1/moonwire/init.lua", "share/lua/5.1/moonwire/jsonrpc.lua",
+                     "share/lua/5.1/moonwire/redis.lua", "share/lua/5.1/moonwire/http.lua",
+                     "share/lua/5.1/moonwire/websocket.lua"):
             self.assertIn(want, files)
         self.assertTrue(os.access(self.bin, os.X_OK))
         self.assertIn("share/lua/5.1/moonwire/jsonrpc.lua", files_under(self.t2))

@@ -194,7 +194,12 @@ class ReloadCase(MoonwireCase):
         return status, body.decode("utf-8", "replace")
 
     async def reload_admin(self, expect_ok=True):
+        # The server logs the outcome before it answers, but its stderr
+        # reaches us on a reader thread: wait for the line, as sighup() does,
+        # so that log checks after this see it.
+        n = self.log_count(r"reload(ed| failed)")
         status, body = await self.admin("POST", "/reload")
+        await self.wait_log_count(r"reload(ed| failed)", n + 1)
         if expect_ok:
             self.assertEqual(status, 200, body)
             self.assertIs(body.get("ok"), True, body)

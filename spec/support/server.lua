@@ -241,6 +241,33 @@ function M.start(app, opts)
   return srv
 end
 
+-- Starts another program (an upstream a spec talks to through the server:
+-- redis-server, a Python server) with its output in temp files; stop_all()
+-- stops it like a server. opts: env, timeout (default 5), ready = a function
+-- (proc) -> truthy polled until the program is ready (default: its stdout
+-- or stderr says "listening on PORT", which sets proc.port). Raises with the
+-- program's output if it does not get ready in time.
+function M.spawn(argv, opts)
+  opts = opts or {}
+  local out_path, err_path = os.tmpname(), os.tmpname()
+  local pid = spawn(argv, opts.env, out_path, err_path)
+  local proc = setmetatable({ pid = pid, out_path = out_path, err_path = err_path,
+                              argv = argv }, Server)
+  live[pid] = proc
+  unfinished[proc] = true
+  local ready = opts.ready or function(p)
+    p.port = tonumber((p:stdout() .. p:log()):match("listening on (%d+)"))
+    return p.port
+  end
+  if not M.poll(opts.timeout or 5, function() return ready(proc) or not proc:alive() end, 0.02)
+      or not proc:alive() then
+    local out = proc:stdout() .. proc:log()
+    proc:stop(1)
+    error(("%s did not start:\n%s"):format(table.concat(argv, " "), out), 2)
+  end
+  return proc
+end
+
 -- Runs moonwire with the raw argument list `args` (no --listen added) and waits up to
 -- `timeout` seconds (default 5) for it to exit. For CLI tests that expect the process
 -- to exit by itself. Returns { code = exit code or nil, how = "exited"/"killed"/nil
