@@ -70,8 +70,9 @@ if grep -q -- '--broker' <<<"$mw_help" && have redis-server; then variants+=" br
 # tls: the same scenario over TLS (moonwire's --tls-listen, a self-signed
 # certificate); deflate: permessage-deflate on every message both ways (apps
 # echo_deflate and broadcast_deflate). Echo and broadcast scenarios only.
-if grep -q -- '--tls-listen' <<<"$mw_help" && "$out/loadgen" 2>&1 | grep -q -- --tls; then variants+=" tls"; fi
-if "$out/loadgen" 2>&1 | grep -q -- --deflate; then variants+=" deflate"; fi
+lg_help="$("$out/loadgen" 2>&1 || true)" # its usage (exit status 2)
+if grep -q -- '--tls-listen' <<<"$mw_help" && grep -q -- --tls <<<"$lg_help"; then variants+=" tls"; fi
+if grep -q -- --deflate <<<"$lg_help"; then variants+=" deflate"; fi
 
 # --- servers ---------------------------------------------------------------
 fdlimit="$(ulimit -Hn)"
