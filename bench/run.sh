@@ -78,7 +78,9 @@ if grep -q -- --deflate <<<"$lg_help"; then variants+=" deflate"; fi
 fdlimit="$(ulimit -Hn)"
 ulimit -n "$fdlimit"
 max_conns=$((fdlimit - 100)) # the server's own descriptors: listener, epoll, logs, Lua
-port=$((21000 + RANDOM % 20000))
+# Below the ephemeral range (32768-60999): the generator's own connections
+# take ephemeral ports on 127.0.0.1, and a server port among them may be busy.
+port=$((12000 + RANDOM % 12000))
 SPID="" SPORT="" RSSPID="" SLOG="" PUBPORT="" EXTRA_PIDS=""
 work="$(mktemp -d /tmp/moonwire-bench.XXXXXX)"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/key.pem" -out "$work/cert.pem" \
