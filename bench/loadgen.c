@@ -13,6 +13,11 @@
  *              and several processes), hold, read the server's RSS from /proc,
  *              then check that every connection still echoes one message
  *
+ * --tls speaks TLS (OpenSSL, no certificate check: a benchmark, not a
+ * client); --deflate offers permessage-deflate without context takeover,
+ * compresses every message it sends and inflates compressed ones before
+ * verifying them.
+ *
  * Design: one epoll loop per thread, non-blocking sockets, level-triggered.
  * Frames are parsed where they land in one read buffer per thread; payload
  * bytes are verified in place against a pattern, so no receive buffer is kept
@@ -46,13 +51,16 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <zlib.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
 enum mode { MODE_ECHO, MODE_RAW, MODE_BROADCAST, MODE_IDLE };
-enum cstate { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSED };
+enum cstate { ST_CONNECTING, ST_TLS, ST_HANDSHAKE, ST_OPEN, ST_CLOSED };
 enum role { R_ECHO, R_SUB, R_PUB };
 
 #define RBUF_SIZE  (256 * 1024)
@@ -81,7 +89,9 @@ static struct {
     int server_pid;
     const char *label;
     int quiet;
-    int tcp; /* plain TCP, no WebSocket: mode raw, or --tcp for idle */
+    int tcp;     /* plain TCP, no WebSocket: mode raw, or --tcp for idle */
+    int tls;     /* TLS on every connection */
+    int deflate; /* permessage-deflate (RFC 7692), no context takeover */
 } opt = {
     .mode = MODE_ECHO,
     .host = "127.0.0.1",
@@ -243,6 +253,11 @@ struct conn {
     /* broadcast subscriber: next expected sequence, first 32 payload bytes */
     uint64_t expect_seq;
     uint8_t head[32];
+    SSL *ssl; /* --tls */
+    /* --deflate: the compressed message being received */
+    uint8_t zmsg;
+    uint8_t *zin;
+    size_t zin_len, zin_cap;
 };
 
 /* A publish in flight (broadcast): retired when every subscriber has it. */
@@ -275,6 +290,10 @@ struct worker {
     uint64_t next_seq, oldest_seq;
     uint64_t published, lost, out_of_order, deliveries, deliveries_total;
     int nsubs;
+    /* --deflate: one stream each way, reset per message */
+    z_stream zc, zd;
+    uint8_t *zbuf;
+    size_t zbuf_cap;
     /* idle */
     int ctl_fd; /* control pipe from the parent: EOF = hold is over */
     int ctl_eof;
@@ -301,11 +320,127 @@ static void conn_close(struct conn *c)
     if (c->state == ST_OPEN)
         c->w->closed_count++;
     epoll_ctl(c->w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
     close(c->fd);
     c->fd = -1;
     c->state = ST_CLOSED;
     free(c->hs);
     c->hs = NULL;
+    free(c->zin);
+    c->zin = NULL;
+    c->zin_len = c->zin_cap = 0;
+}
+
+/* ---- TLS and deflate -------------------------------------------------- */
+
+static SSL_CTX *tls_ctx;
+
+static void tls_init(void)
+{
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx)
+        die("SSL_CTX_new failed");
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    /* out is compacted and grown between retries of a write */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+}
+
+/* write(2) or SSL_write: > 0 written, or -1 with errno (EAGAIN: try later). */
+static ssize_t io_write(struct conn *c, const void *p, size_t n)
+{
+    if (!c->ssl)
+        return write(c->fd, p, n);
+    ERR_clear_error();
+    int r = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(c->ssl, r);
+    errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EIO;
+    return -1;
+}
+
+/* read(2) or SSL_read: > 0 read, 0 end of stream, -1 with errno. */
+static ssize_t io_read(struct conn *c, void *p, size_t n)
+{
+    if (!c->ssl)
+        return read(c->fd, p, n);
+    ERR_clear_error();
+    int r = SSL_read(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : EIO;
+    return -1;
+}
+
+static uint8_t *zbuf_reserve(struct worker *w, size_t n)
+{
+    if (w->zbuf_cap < n) {
+        w->zbuf_cap = n;
+        w->zbuf = realloc(w->zbuf, n);
+        if (!w->zbuf)
+            die("out of memory");
+    }
+    return w->zbuf;
+}
+
+/* Compresses one message into w->zbuf (RFC 7692 7.2.1: the final empty
+ * block's 00 00 ff ff removed); returns its length. */
+static size_t deflate_msg(struct worker *w, const uint8_t *data, size_t len)
+{
+    uint8_t *out = zbuf_reserve(w, deflateBound(&w->zc, len) + 16);
+    deflateReset(&w->zc);
+    w->zc.next_in = (Bytef *)data;
+    w->zc.avail_in = (uInt)len;
+    w->zc.next_out = out;
+    w->zc.avail_out = (uInt)w->zbuf_cap;
+    if (deflate(&w->zc, Z_SYNC_FLUSH) != Z_OK)
+        die("deflate failed");
+    size_t n = w->zbuf_cap - w->zc.avail_out;
+    return n >= 4 ? n - 4 : n;
+}
+
+/* Inflates the compressed message in c->zin into w->zbuf; returns its
+ * length, or -1 for data zlib refuses. */
+static long inflate_msg(struct worker *w, struct conn *c)
+{
+    static const uint8_t tail[4] = {0, 0, 0xff, 0xff};
+    size_t cap = opt.size + 64;
+    uint8_t *out = zbuf_reserve(w, cap);
+    inflateReset(&w->zd);
+    w->zd.next_out = out;
+    w->zd.avail_out = (uInt)cap;
+    w->zd.next_in = c->zin;
+    w->zd.avail_in = (uInt)c->zin_len;
+    int r = inflate(&w->zd, Z_SYNC_FLUSH);
+    if (r != Z_OK && r != Z_STREAM_END && r != Z_BUF_ERROR)
+        return -1;
+    w->zd.next_in = (Bytef *)tail;
+    w->zd.avail_in = 4;
+    r = inflate(&w->zd, Z_SYNC_FLUSH);
+    if (r != Z_OK && r != Z_STREAM_END && r != Z_BUF_ERROR)
+        return -1;
+    return (long)(cap - w->zd.avail_out);
+}
+
+static void zin_append(struct conn *c, const uint8_t *p, size_t n)
+{
+    if (c->zin_len + n > c->zin_cap) {
+        size_t cap = c->zin_cap ? c->zin_cap * 2 : 256;
+        while (cap < c->zin_len + n)
+            cap *= 2;
+        c->zin = realloc(c->zin, cap);
+        if (!c->zin)
+            die("out of memory");
+        c->zin_cap = cap;
+    }
+    memcpy(c->zin + c->zin_len, p, n);
+    c->zin_len += n;
 }
 
 static void out_reserve(struct conn *c, size_t more)
@@ -351,10 +486,16 @@ static uint32_t rng_next(uint32_t *s)
  * time so that the generator's own cost stays small next to the server's. */
 static void queue_frame(struct conn *c, int opcode, const uint8_t *data, size_t len)
 {
+    int rsv1 = 0;
+    if (opt.deflate && opcode < 8) {
+        len = deflate_msg(c->w, data, len);
+        data = c->w->zbuf;
+        rsv1 = 0x40;
+    }
     out_reserve(c, len + 14);
     uint8_t *p = c->out + c->out_len;
     size_t h = 0;
-    p[h++] = (uint8_t)(0x80 | opcode);
+    p[h++] = (uint8_t)(0x80 | rsv1 | opcode);
     if (len < 126) {
         p[h++] = (uint8_t)(0x80 | len);
     } else if (len < 65536) {
@@ -408,7 +549,7 @@ static void flush_conn(struct conn *c)
     if (c->state == ST_CLOSED)
         return;
     while (c->out_off < c->out_len) {
-        ssize_t n = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
+        ssize_t n = io_write(c, c->out + c->out_off, c->out_len - c->out_off);
         if (n > 0) {
             c->out_off += (size_t)n;
             continue;
@@ -672,6 +813,15 @@ static void ws_input(struct conn *c, const uint8_t *p, size_t n)
                     len = (i ? len << 8 : 0) | c->hdr[2 + i];
             c->opcode = c->hdr[0] & 0x0f;
             c->fin = c->hdr[0] >> 7;
+            if (c->opcode >= 1 && c->opcode <= 2 && (c->hdr[0] & 0x40)) {
+                if (!opt.deflate) {
+                    conn_error(c, "compressed frame without permessage-deflate");
+                    conn_close(c);
+                    return;
+                }
+                c->zmsg = 1;
+                c->zin_len = 0;
+            }
             c->hdr_len = 0;
             c->frame_left = len;
             if (c->opcode >= 8) {
@@ -709,6 +859,8 @@ static void ws_input(struct conn *c, const uint8_t *p, size_t n)
             if (c->opcode >= 8) {
                 memcpy(c->ctl + c->ctl_len, p, take);
                 c->ctl_len = (uint8_t)(c->ctl_len + take);
+            } else if (c->zmsg) {
+                zin_append(c, p, take);
             } else {
                 on_payload(c, p, take);
             }
@@ -723,6 +875,17 @@ static void ws_input(struct conn *c, const uint8_t *p, size_t n)
             on_control(c);
         } else if (c->fin) {
             c->in_msg = 0;
+            if (c->zmsg) {
+                c->zmsg = 0;
+                long z = inflate_msg(c->w, c);
+                if (z < 0) {
+                    conn_error(c, "bad compressed data from the server");
+                    c->w->verify_errors++;
+                    conn_close(c);
+                    return;
+                }
+                on_payload(c, c->w->zbuf, (size_t)z);
+            }
             on_message_done(c);
         }
     }
@@ -752,11 +915,15 @@ static const char *const hs_accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="; /* RFC 6455
 
 static void build_request(const char *path)
 {
-    hs_request_len = (size_t)snprintf(hs_request, sizeof hs_request,
-                                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
-                                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                                      path, opt.host, opt.port, hs_key);
+    hs_request_len =
+        (size_t)snprintf(hs_request, sizeof hs_request,
+                         "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                         "Sec-WebSocket-Version: 13\r\n%s\r\n",
+                         path, opt.host, opt.port, hs_key,
+                         opt.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                       "client_no_context_takeover; server_no_context_takeover\r\n"
+                                     : "");
 }
 
 static int conn_start(struct worker *w, struct conn *c)
@@ -839,17 +1006,23 @@ static void handshake_input(struct conn *c, const uint8_t *p, size_t n)
         conn_fail(c, msg);
         return;
     }
-    int ok = 0;
+    int ok = 0, pmd = 0;
     for (char *l = strstr(c->hs, "\r\n"); l && l < end; l = strstr(l + 2, "\r\n")) {
         if (strncasecmp(l + 2, "sec-websocket-accept:", 21) == 0) {
             char *v = l + 23;
             while (*v == ' ' || *v == '\t')
                 v++;
             ok = strncmp(v, hs_accept, 28) == 0;
+        } else if (strncasecmp(l + 2, "sec-websocket-extensions:", 25) == 0) {
+            pmd = strstr(l + 2, "permessage-deflate") != NULL;
         }
     }
     if (!ok) {
         conn_fail(c, "bad Sec-WebSocket-Accept");
+        return;
+    }
+    if (opt.deflate && !pmd) {
+        conn_fail(c, "the server declined permessage-deflate (is compression on for the route?)");
         return;
     }
     /* frames that came in the same read as the end of the head */
@@ -859,6 +1032,16 @@ static void handshake_input(struct conn *c, const uint8_t *p, size_t n)
     conn_opened(c);
     if (rest)
         ws_input(c, tmp, rest);
+}
+
+static void send_request(struct conn *c)
+{
+    ssize_t n = io_write(c, hs_request, hs_request_len);
+    if (n != (ssize_t)hs_request_len) {
+        conn_fail(c, "handshake request not written in one piece");
+        return;
+    }
+    set_out_interest(c, 0);
 }
 
 static void conn_event(struct conn *c, uint32_t events)
@@ -877,40 +1060,70 @@ static void conn_event(struct conn *c, uint32_t events)
         if (opt.tcp) {
             conn_opened(c);
             set_out_interest(c, 0);
-        } else {
-            c->state = ST_HANDSHAKE;
-            ssize_t n = write(c->fd, hs_request, hs_request_len);
-            if (n != (ssize_t)hs_request_len) {
-                conn_fail(c, "handshake request not written in one piece");
+            return;
+        }
+        if (opt.tls) {
+            c->ssl = SSL_new(tls_ctx);
+            if (!c->ssl || !SSL_set_fd(c->ssl, c->fd)) {
+                conn_fail(c, "SSL_new failed");
                 return;
             }
-            set_out_interest(c, 0);
+            SSL_set_connect_state(c->ssl);
+            c->state = ST_TLS;
+        } else {
+            c->state = ST_HANDSHAKE;
+            send_request(c);
+            return;
         }
+    }
+    if (c->state == ST_TLS) {
+        ERR_clear_error();
+        int r = SSL_do_handshake(c->ssl);
+        if (r == 1) {
+            c->state = ST_HANDSHAKE;
+            send_request(c);
+            return;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            set_out_interest(c, e == SSL_ERROR_WANT_WRITE);
+            return;
+        }
+        char msg[160];
+        snprintf(msg, sizeof msg, "TLS handshake failed: %s",
+                 ERR_reason_error_string(ERR_peek_error())
+                     ? ERR_reason_error_string(ERR_peek_error())
+                     : "connection closed");
+        conn_fail(c, msg);
         return;
     }
     if ((events & EPOLLOUT) && c->out_off < c->out_len)
         flush_conn(c);
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->state == ST_CLOSED)
         return;
-    ssize_t n = read(c->fd, w->rbuf, RBUF_SIZE);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n <= 0) {
-        if (c->state == ST_HANDSHAKE) {
-            conn_fail(c, n == 0 ? "closed during the handshake" : strerror(errno));
-        } else {
-            w->dropped++;
-            conn_error(c, "%s", n == 0 ? "closed by the server" : strerror(errno));
-            conn_close(c);
+    /* TLS may hold decrypted bytes the socket no longer signals: read until
+     * it has none (plain sockets: one read per event, level-triggered). */
+    do {
+        ssize_t n = io_read(c, w->rbuf, RBUF_SIZE);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            if (c->state == ST_HANDSHAKE) {
+                conn_fail(c, n == 0 ? "closed during the handshake" : strerror(errno));
+            } else {
+                w->dropped++;
+                conn_error(c, "%s", n == 0 ? "closed by the server" : strerror(errno));
+                conn_close(c);
+            }
+            return;
         }
-        return;
-    }
-    if (c->state == ST_HANDSHAKE)
-        handshake_input(c, w->rbuf, (size_t)n);
-    else if (opt.tcp)
-        raw_input(c, w->rbuf, (size_t)n);
-    else
-        ws_input(c, w->rbuf, (size_t)n);
+        if (c->state == ST_HANDSHAKE)
+            handshake_input(c, w->rbuf, (size_t)n);
+        else if (opt.tcp)
+            raw_input(c, w->rbuf, (size_t)n);
+        else
+            ws_input(c, w->rbuf, (size_t)n);
+    } while (c->ssl && c->state != ST_CLOSED);
 }
 
 static void worker_poll(struct worker *w, int timeout_ms)
@@ -969,6 +1182,10 @@ static void worker_init(struct worker *w, int index, int nconns, int first_id)
     w->rbuf = malloc(RBUF_SIZE);
     w->rng = 2166136261u ^ (uint32_t)(index * 7919 + getpid());
     w->ctl_fd = -1;
+    if (opt.deflate && (deflateInit2(&w->zc, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8,
+                                     Z_DEFAULT_STRATEGY) != Z_OK ||
+                        inflateInit2(&w->zd, -15) != Z_OK))
+        die("zlib init failed");
     for (int i = 0; i < nconns; i++) {
         w->conns[i].id = first_id + i;
         w->conns[i].w = w;
@@ -1043,7 +1260,8 @@ static void *echo_thread(void *arg)
 
 static void print_json_common(FILE *f)
 {
-    fprintf(f, "\"label\":\"%s\",\"host\":\"%s\",\"port\":%d", opt.label, opt.host, opt.port);
+    fprintf(f, "\"label\":\"%s\",\"host\":\"%s\",\"port\":%d,\"tls\":%s,\"deflate\":%s", opt.label,
+            opt.host, opt.port, opt.tls ? "true" : "false", opt.deflate ? "true" : "false");
 }
 
 static int run_echo(void)
@@ -1454,6 +1672,8 @@ static void usage(void)
             "  --hold S        idle: hold time (2)     --ramp-pending N (256)\n"
             "  --server-pid P  idle: read the server's RSS from /proc/P/status\n"
             "  --tcp           idle: plain TCP (against rawecho), no WebSocket\n"
+            "  --tls           TLS (no certificate check)\n"
+            "  --deflate       permessage-deflate, every sent message compressed\n"
             "  --label TEXT    name in the output      --quiet  JSON only\n"
             "Prints human text on stderr and one JSON line on stdout; exits 1 when\n"
             "verification failed, 2 on bad usage.\n");
@@ -1521,6 +1741,10 @@ int main(int argc, char **argv)
             opt.binary = 0;
         else if (!strcmp(a, "--tcp"))
             opt.tcp = 1;
+        else if (!strcmp(a, "--tls"))
+            opt.tls = 1;
+        else if (!strcmp(a, "--deflate"))
+            opt.deflate = 1;
         else if (!strcmp(a, "--quiet"))
             opt.quiet = 1;
         else
@@ -1541,6 +1765,10 @@ int main(int argc, char **argv)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     signal(SIGPIPE, SIG_IGN);
+    if (opt.tcp && (opt.tls || opt.deflate))
+        die("--tls and --deflate are for WebSocket modes, not raw TCP");
+    if (opt.tls)
+        tls_init();
     pattern_init(opt.size, opt.binary);
     build_request(opt.path);
     switch (opt.mode) {

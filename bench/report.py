@@ -259,6 +259,16 @@ def report(a):
     for sc, _ in SCENARIOS[:4]:
         md.append("| %s | %s |" % (sc, " | ".join(
             ratio(meds.get((sc, "moonwire")), meds.get((sc, s))) for s in others)))
+    variants = [s for s in srvs if s.startswith("moonwire-")]
+    if variants:
+        md.append("")
+        md.append("Variants of moonwire against plain moonwire in the same run (throughput "
+                  "ratio; see \"Variants\" below for what each runs):\n")
+        md.append("| scenario | " + " | ".join(v + "/moonwire" for v in variants) + " |")
+        md.append("|---|" + "---|" * len(variants))
+        for sc, _ in SCENARIOS[:4]:
+            md.append("| %s | %s |" % (sc, " | ".join(
+                ratio(meds.get((sc, v)), meds.get((sc, "moonwire"))) for v in variants)))
     rss = {}
     for sc in ("idle-10k", "idle-max"):
         for s in srvs:
@@ -341,8 +351,13 @@ def report(a):
     md.append("![latency](bench-latency.png)\n")
     md.append("![memory per idle connection](bench-rss.png)\n")
     md.append("## Variants, and what is not measured yet\n")
-    md.append("- TLS and permessage-deflate: neither the generator nor (at the time of writing) "
-              "the server speak them; bench/run.sh has the hooks (`variants`).\n"
+    md.append("- `moonwire-tls`: the echo and broadcast scenarios over TLS (the server's "
+              "`--tls-listen`, TLS 1.3 with a self-signed certificate; `loadgen --tls`). "
+              "`moonwire-deflate`: permessage-deflate without context takeover on every "
+              "message both ways (`compression_threshold = 0`; `loadgen --deflate` compresses "
+              "each message it sends and inflates what it receives, so the generator's own "
+              "zlib work often makes it the bottleneck: see its idle share). The peers are "
+              "not run over TLS or deflate.\n"
               "- Variants: `moonwire-workers2` is `--workers 2`, pinned to both CPUs, so it "
               "shares CPU 1 with the generator: not a per-core figure (on this 2-core machine "
               "it shows the cost of the hub, not the gain of a second core). "

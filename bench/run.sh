@@ -67,16 +67,24 @@ if grep -q -- '--workers' <<<"$mw_help"; then variants+=" workers2"; fi
 # broker: broadcast across two moonwire processes through a redis-server
 # (subscribers on one, the publisher on the other); all three on the server CPU.
 if grep -q -- '--broker' <<<"$mw_help" && have redis-server; then variants+=" broker"; fi
-# if grep -q -- '--tls-listen' <<<"$mw_help" && "$out/loadgen" 2>&1 | grep -q -- --tls; then variants+=" tls"; fi
-# if grep -q -- 'deflate' <<<"$mw_help" && "$out/loadgen" 2>&1 | grep -q -- --deflate; then variants+=" deflate"; fi
+# tls: the same scenario over TLS (moonwire's --tls-listen, a self-signed
+# certificate); deflate: permessage-deflate on every message both ways (apps
+# echo_deflate and broadcast_deflate). Echo and broadcast scenarios only.
+lg_help="$("$out/loadgen" 2>&1 || true)" # its usage (exit status 2)
+if grep -q -- '--tls-listen' <<<"$mw_help" && grep -q -- --tls <<<"$lg_help"; then variants+=" tls"; fi
+if grep -q -- --deflate <<<"$lg_help"; then variants+=" deflate"; fi
 
 # --- servers ---------------------------------------------------------------
 fdlimit="$(ulimit -Hn)"
 ulimit -n "$fdlimit"
 max_conns=$((fdlimit - 100)) # the server's own descriptors: listener, epoll, logs, Lua
-port=$((21000 + RANDOM % 20000))
+# Below the ephemeral range (32768-60999): the generator's own connections
+# take ephemeral ports on 127.0.0.1, and a server port among them may be busy.
+port=$((12000 + RANDOM % 12000))
 SPID="" SPORT="" RSSPID="" SLOG="" PUBPORT="" EXTRA_PIDS=""
 work="$(mktemp -d /tmp/moonwire-bench.XXXXXX)"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/key.pem" -out "$work/cert.pem" \
+    -days 2 -subj /CN=localhost 2>/dev/null
 cleanup() { stop_server; rm -rf "$work"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -99,6 +107,17 @@ start_server() { # start_server SERVER APP VARIANT
     moonwire)
         local extra=()
         [ "$variant" = workers2 ] && { extra=(--workers 2); pin=(taskset -c "$scpu,$gcpu"); }
+        [ "$variant" = deflate ] && app="${app}_deflate"
+        if [ "$variant" = tls ]; then
+            port=$((port + 1))
+            SPORT=$port # the generator talks to the TLS listener
+            extra=(--tls-listen "127.0.0.1:$port" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+            "${pin[@]}" "$build/moonwire" "$here/apps/$app.lua" --listen "127.0.0.1:$((port - 1))" \
+                --max-connections "$max_conns" --log-level warn "${extra[@]}" 2>"$SLOG" &
+            SPID=$! RSSPID=$SPID
+            wait_port "$SPORT" || { say "moonwire (TLS) did not start: $(tail -3 "$SLOG")"; stop_server; return 1; }
+            return 0
+        fi
         if [ "$variant" = broker ]; then
             local rport=$((port + 1)) pport=$((port + 2))
             "${pin[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
@@ -176,6 +195,7 @@ for sc in $scenarios; do
         for v in $variants; do
             [ "$v" != plain ] && [ "$s" != moonwire ] && continue
             [ "$v" = broker ] && [[ $sc != broadcast-* ]] && continue
+            [[ $v == tls || $v == deflate ]] && [[ $sc == idle-* ]] && continue
             plan+=("$sc $s $v")
         done
     done
@@ -210,6 +230,8 @@ for item in "${plan[@]}"; do
         [ "${args[0]}" = idle ] && gen+=(--server-pid "$RSSPID")
         [ "${args[0]}" = broadcast ] && gen+=(--sub-path /sub --pub-path /pub)
         [ -n "$PUBPORT" ] && gen+=(--pub-port "$PUBPORT")
+        [ "$v" = tls ] && gen+=(--tls)
+        [ "$v" = deflate ] && gen+=(--deflate)
         "${gen[@]}" >"$f" 2>"$work/gen.err" || { failures=$((failures + 1)); cat "$work/gen.err" >&2; }
         stop_server
         line="$(python3 "$here/report.py" --summary "$f")"

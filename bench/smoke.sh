@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/smoke.sh: a short check that the benchmark's generator works, for
 # ctest: builds loadgen and rawecho, runs loadgen echo for ~2 s against
-# moonwire (bench/apps/echo.lua, text and binary) and against rawecho, and a
-# short broadcast; each must verify every byte and move messages.
+# moonwire (bench/apps/echo.lua, text and binary) and against rawecho, a
+# short broadcast, and echo over TLS and with permessage-deflate; each must
+# verify every byte and move messages.
 # Usage: bench/smoke.sh [MOONWIRE_BINARY]   (default: build-bench, then build)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -57,6 +58,16 @@ start "$out/mwb.log" "$mw" "$here/apps/broadcast.lua" --listen 127.0.0.1:0 --log
 mwbport=$PORT
 start "$out/raw.log" "$out/bench/rawecho" --listen 127.0.0.1:0
 rawport=$PORT
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$out/key.pem" -out "$out/cert.pem" -days 2 \
+    -subj /CN=localhost 2>/dev/null
+start "$out/mwz.log" "$mw" "$here/apps/echo_deflate.lua" --listen 127.0.0.1:0 --log-level info \
+    --tls-listen 127.0.0.1:0 --tls-cert "$out/cert.pem" --tls-key "$out/key.pem"
+mwzport=$PORT
+for _ in $(seq 100); do
+    tlsport="$(sed -n 's/.*TLS listening on [0-9.]*:\([0-9]*\).*/\1/p' "$out/mwz.log" | head -1)"
+    [ -n "$tlsport" ] && break
+    sleep 0.05
+done
 
 run() { "$lg" "$@" --warmup 0.2 --quiet 2>"$out/gen.err" || { cat "$out/gen.err" >&2; true; }; }
 check "moonwire echo text" "$(run echo --port "$mwport" --conns 20 --depth 4 --size 100 --duration 1.5)"
@@ -64,5 +75,10 @@ check "moonwire echo binary 70000 B" \
     "$(run echo --port "$mwport" --conns 4 --depth 2 --size 70000 --binary --duration 1)"
 check "rawecho" "$(run raw --port "$rawport" --conns 20 --depth 4 --size 100 --duration 1.5)"
 check "moonwire broadcast" "$(run broadcast --port "$mwbport" --conns 50 --depth 4 --size 48 --duration 1)"
-echo "$((4 - failed)) passed, $failed failed"
+check "moonwire echo deflate" \
+    "$(run echo --port "$mwzport" --conns 10 --depth 4 --size 300 --deflate --duration 1)"
+check "moonwire echo TLS" "$(run echo --port "$tlsport" --conns 10 --depth 4 --size 300 --tls --duration 1)"
+check "moonwire echo TLS + deflate, 70000 B binary" \
+    "$(run echo --port "$tlsport" --conns 4 --depth 2 --size 70000 --binary --tls --deflate --duration 1)"
+echo "$((7 - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]

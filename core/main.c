@@ -47,6 +47,7 @@ static const char usage[] =
     "  --max-buffered BYTES        most bytes queued for one slow client (default 4194304)\n"
     "  --max-inbox-bytes BYTES     most bytes waiting for one busy handler (default 1048576)\n"
     "  --max-body-size BYTES       largest plain HTTP request body (default 1048576)\n"
+    "  --listen-backlog N          connections the kernel queues before accept (default 1024)\n"
     "  --workers N                 worker threads sharing the port (default 1; auto = cores)\n"
     "  --log-level LEVEL           debug, info, warn or error (default info)\n"
     "  --log-format FORMAT         text (default) or json (one JSON object per line)\n"
@@ -127,6 +128,7 @@ enum {
     F_BROKER_PREFIX,
     F_BROKER_MAX_PENDING,
     F_BROKER_TIMEOUT,
+    F_BACKLOG,
     F_COUNT
 };
 
@@ -304,6 +306,7 @@ int main(int argc, char **argv)
         [F_BROKER_PREFIX] = {"--broker-prefix", 8, 0, 0, NULL},
         [F_BROKER_MAX_PENDING] = {"--broker-max-pending", 1, 0, 0, NULL},
         [F_BROKER_TIMEOUT] = {"--broker-timeout", 0, 0, 0, NULL},
+        [F_BACKLOG] = {"--listen-backlog", 1, 0, 0, NULL},
     };
     const char *app_path = NULL;
     const char *trees[33] = {NULL};
@@ -438,6 +441,8 @@ int main(int argc, char **argv)
         cfg.max_inbox_bytes = (size_t)flags[F_MAXINBOX].value;
     if (flags[F_MAXBODY].set)
         cfg.max_body_size = (size_t)flags[F_MAXBODY].value;
+    if (flags[F_BACKLOG].set)
+        cfg.listen_backlog = (size_t)flags[F_BACKLOG].value;
     if (flags[F_SHUTDOWN].set)
         cfg.shutdown_timeout = flags[F_SHUTDOWN].value;
     if (flags[F_WORKERS].set)

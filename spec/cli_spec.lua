@@ -2,6 +2,7 @@
 -- one clear line on stderr (file names, lines, option names, the address in use).
 
 local server = require "spec.support.server"
+local probe = require "spec.support.probe"
 
 -- Non-empty lines of a string.
 local function lines(s)
@@ -153,6 +154,25 @@ describe("moonwire CLI", function()
       assert.truthy(line:find(case[1], 1, true), "flag not named: " .. line)
     end)
   end
+
+  it("refuses limits out of range with the reason", function()
+    for _, case in ipairs {
+      { "--listen-backlog", "0", "listen_backlog must be from 1 to 65535" },
+      { "--max-message-size", "3000000000", "max_message_size must be at most 2147483647" },
+      { "--max-body-size", "3000000000", "max_body_size must be at most 2147483647" },
+    } do
+      local line = fails({ server.path("spec/apps/probe.lua"), "--listen", "127.0.0.1:0", case[1], case[2] })
+      assert.truthy(line:find(case[3], 1, true), line)
+    end
+  end)
+
+  it("serves with a small --listen-backlog", function()
+    local srv = server.start("spec/apps/probe.lua", { flags = { "--listen-backlog", "8" } })
+    local c = probe.open(srv)
+    c:close_handshake(1000)
+    local how, code = srv:stop()
+    assert.are.same({ "exited", 0 }, { how, code })
+  end)
 
   it("names the flag when its value is missing", function()
     local line = fails({ server.path("spec/apps/probe.lua"), "--listen", "127.0.0.1:0", "--ping-interval" })

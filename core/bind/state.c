@@ -283,6 +283,7 @@ void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
     NUM_OPT("max_buffered", max_buffered, size_t);
     NUM_OPT("max_inbox_bytes", max_inbox_bytes, size_t);
     NUM_OPT("max_body_size", max_body_size, size_t);
+    NUM_OPT("listen_backlog", listen_backlog, size_t);
     NUM_OPT("broker_max_pending", broker_max_pending, size_t);
     NUM_OPT("broker_timeout", broker_timeout, double);
 #undef NUM_OPT

@@ -22,6 +22,7 @@ void mw__config_defaults(mw_config_t *cfg)
     cfg->max_buffered = 4u << 20;
     cfg->max_inbox_bytes = 1u << 20;
     cfg->max_body_size = 1u << 20;
+    cfg->listen_backlog = 1024;
     strcpy(cfg->broker_prefix, "moonwire:");
     cfg->broker_max_pending = 16u << 20;
     cfg->broker_timeout = 5;
@@ -56,6 +57,8 @@ const char *mw__config_check(const mw_config_t *cfg)
         return "max_buffered must be at least 1024";
     if (cfg->tls_listen_host[0] && (!cfg->tls_cert[0] || !cfg->tls_key[0]))
         return "a TLS listener (tls_listen / --tls-listen) needs tls_cert and tls_key";
+    if (cfg->listen_backlog < 1 || cfg->listen_backlog > 65535)
+        return "listen_backlog must be from 1 to 65535 (the kernel caps it at net.core.somaxconn)";
     if (cfg->broker_timeout <= 0)
         return "broker_timeout must be positive";
     if (cfg->broker_max_pending < 1024)

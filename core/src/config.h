@@ -24,6 +24,7 @@ typedef struct mw_config {
     size_t max_buffered;       /* bytes queued for writing per connection */
     size_t max_inbox_bytes;    /* bytes of messages waiting for a busy handler */
     size_t max_body_size;      /* bytes of a plain HTTP request body */
+    size_t listen_backlog;     /* connections the kernel may hold before accept */
     char tls_listen_host[256]; /* TLS listener; empty: none */
     int tls_listen_port;
     char tls_cert[4096];       /* PEM certificate chain file */

@@ -236,17 +236,20 @@ static void batch_flush(mw_worker_t *w)
     mw_conn_t *c = w->batch_conn;
     if (!n)
         return;
+    /* A copy: the worker's array is free again for whatever the handlers
+     * cause (a batch is never nested today, but nothing here relies on it). */
+    mw_msgref_t m[MW_BATCH_MAX];
+    memcpy(m, w->batch, n * sizeof m[0]);
     w->batch_n = 0;
     w->batch_conn = NULL;
     size_t done = n;
     mw__conn_retain(c);
-    if (w->ops->on_batch(w->ops_ud, c, w->batch, n, &done)) {
+    if (w->ops->on_batch(w->ops_ud, c, m, n, &done)) {
         c->busy = 1;
         /* A handler suspended: the rest wait their turn, copied out of the
          * read buffer (which the next read reuses). */
         for (size_t i = done; i < n && c->state == MW_CONN_OPEN; i++)
-            inbox_push(c, MW_INBOX_MESSAGE, w->batch[i].binary, 0, w->batch[i].data,
-                       w->batch[i].len);
+            inbox_push(c, MW_INBOX_MESSAGE, m[i].binary, 0, m[i].data, m[i].len);
         inbox_check(c);
     }
     mw__conn_release(c);

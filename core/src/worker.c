@@ -208,7 +208,8 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
 }
 
 /* Binds and listens on host:port; returns the socket or -1 with err set. */
-static int listen_on(const char *host, int port, int reuseport, char *err, size_t errlen)
+static int listen_on(const char *host, int port, int reuseport, int backlog, char *err,
+                     size_t errlen)
 {
     char portstr[16];
     snprintf(portstr, sizeof portstr, "%d", port);
@@ -236,7 +237,7 @@ static int listen_on(const char *host, int port, int reuseport, char *err, size_
          * silently instead of failing with "address already in use". */
         if (reuseport)
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, backlog) == 0)
             break;
         saved = errno;
         close(fd);
@@ -251,7 +252,8 @@ static int listen_on(const char *host, int port, int reuseport, char *err, size_
 
 int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen)
 {
-    int fd = listen_on(w->cfg.listen_host, w->cfg.listen_port, w->cfg.workers > 1, err, errlen);
+    int fd = listen_on(w->cfg.listen_host, w->cfg.listen_port, w->cfg.workers > 1,
+                       (int)w->cfg.listen_backlog, err, errlen);
     if (fd < 0)
         return -1;
     w->listen_fd = fd;
@@ -292,8 +294,8 @@ int mw__worker_listen_tls(mw_worker_t *w, char *err, size_t errlen)
     w->tls_ctx = mw__tls_ctx_new(w->cfg.tls_cert, w->cfg.tls_key, err, errlen);
     if (!w->tls_ctx)
         return -1;
-    int fd =
-        listen_on(w->cfg.tls_listen_host, w->cfg.tls_listen_port, w->cfg.workers > 1, err, errlen);
+    int fd = listen_on(w->cfg.tls_listen_host, w->cfg.tls_listen_port, w->cfg.workers > 1,
+                       (int)w->cfg.listen_backlog, err, errlen);
     if (fd < 0)
         return -1;
     w->tls_fd = fd;
@@ -356,7 +358,7 @@ static int listen_service(mw_worker_t *w, const char *host, int port, int *fdp, 
                           void (*fn)(void *ud, mw_conn_t *c, const mw_http_request_t *req),
                           void *ud, char *err, size_t errlen)
 {
-    int fd = listen_on(host, port, 0, err, errlen);
+    int fd = listen_on(host, port, 0, 64, err, errlen); /* admin and metrics: few clients */
     if (fd < 0)
         return -1;
     *fdp = fd;

@@ -81,6 +81,7 @@ local APP_OPTIONS = {
   max_buffered = "bytes",
   max_inbox_bytes = "bytes",
   max_body_size = "message_bytes",
+  listen_backlog = "count",
   tls_listen = "address",
   tls_cert = "path",
   tls_key = "path",
