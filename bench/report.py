@@ -259,16 +259,6 @@ def report(a):
     for sc, _ in SCENARIOS[:4]:
         md.append("| %s | %s |" % (sc, " | ".join(
             ratio(meds.get((sc, "moonwire")), meds.get((sc, s))) for s in others)))
-    variants = [s for s in srvs if s.startswith("moonwire-")]
-    if variants:
-        md.append("")
-        md.append("Variants of moonwire against plain moonwire in the same run (throughput "
-                  "ratio; see \"Variants\" below for what each runs):\n")
-        md.append("| scenario | " + " | ".join(v + "/moonwire" for v in variants) + " |")
-        md.append("|---|" + "---|" * len(variants))
-        for sc, _ in SCENARIOS[:4]:
-            md.append("| %s | %s |" % (sc, " | ".join(
-                ratio(meds.get((sc, v)), meds.get((sc, "moonwire"))) for v in variants)))
     rss = {}
     for sc in ("idle-10k", "idle-max"):
         for s in srvs:
@@ -278,6 +268,16 @@ def report(a):
         md.append("| %s (memory) | %s |" % (sc, " | ".join(
             ratio(rss.get((sc, s)), rss.get((sc, "moonwire"))) for s in others)))
     md.append("")
+    variants = [s for s in srvs if s.startswith("moonwire-")]
+    if variants:
+        md.append("Variants of moonwire against plain moonwire in the same run (throughput "
+                  "ratio; see \"Variants\" below for what each runs):\n")
+        md.append("| scenario | " + " | ".join(v + "/moonwire" for v in variants) + " |")
+        md.append("|---|" + "---|" * len(variants))
+        for sc, _ in SCENARIOS[:4]:
+            md.append("| %s | %s |" % (sc, " | ".join(
+                ratio(meds.get((sc, v)), meds.get((sc, "moonwire"))) for v in variants)))
+        md.append("")
 
     # latency
     md.append("## Latency\n")
