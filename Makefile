@@ -43,7 +43,8 @@ test-asan: test-deps node-deps
 
 # The integration specs with the server under valgrind (no leak, no invalid
 # access: any valgrind error fails the run). Logs in $(VALGRIND_DIR).
-VALGRIND_DIR ?= /tmp/mw-valgrind
+# Per checkout: the target wipes it first, and two checkouts must not share it.
+VALGRIND_DIR ?= $(CURDIR)/$(BUILD)/valgrind
 VALGRIND_SPECS ?= spec/handlers_spec.lua spec/framing_spec.lua spec/app_pubsub_spec.lua \
                   spec/clients_spec.lua
 test-valgrind: test-deps build

@@ -23,7 +23,7 @@ local unfinished = {}   -- servers whose temp log files stop() has not removed y
 local sanitizer_reports = {}  -- sanitizer errors found in the logs of stopped servers
 
 -- AddressSanitizer and UndefinedBehaviorSanitizer reports (MW_SANITIZE=ON builds).
-local SANITIZER_PATTERNS = { "ERROR: AddressSanitizer", "runtime error: " }
+local SANITIZER_PATTERNS = { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error: " }
 
 -- Absolute path of a file under the repo root ("spec/apps/probe.lua").
 function M.path(rel)
