@@ -595,6 +595,8 @@ int main(int argc, char **argv)
         spec.force_max_message_size = S.force_max_message_size;
         spec.access_log = w.access_log;
         spec.timing = w.timing;
+        spec.share_fd = w.listen_fd;
+        spec.share_tls_fd = w.tls_fd;
         if (mw__threads_start(&hub, &spec, err, sizeof err) != 0) {
             fprintf(stderr, "moonwire: worker: %s\n", err);
             mw__hub_detach(&hub, 0);

@@ -56,6 +56,8 @@ static void *run(void *arg)
     S->force_max_message_size = spec->force_max_message_size;
     mw__worker_init(w, loop, &spec->cfg, &mw__lua_ops, S);
     w->index = i;
+    w->share_fd = spec->share_fd;
+    w->share_tls_fd = spec->share_tls_fd;
     w->access_log = spec->access_log;
     w->timing = spec->timing;
     mw__lua_attach(S, w);

@@ -11,7 +11,8 @@ typedef struct mw_thread_spec {
     int force_max_message_size;
     int access_log;
     int timing;
-    struct mw_broker *broker; /* --broker, or NULL */
+    struct mw_broker *broker;   /* --broker, or NULL */
+    int share_fd, share_tls_fd; /* worker 1's listening sockets (see worker.h) */
 } mw_thread_spec_t;
 
 /* Starts workers 2..N (hub slots 1..n-1): each loads the app into its own

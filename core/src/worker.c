@@ -184,6 +184,7 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
     w->ops = ops;
     w->ops_ud = ud;
     w->listen_fd = -1;
+    w->share_fd = w->share_tls_fd = -1;
     w->admin_fd = -1;
     w->metrics_fd = -1;
     w->tls_fd = -1;
@@ -205,6 +206,34 @@ void mw__worker_init(mw_worker_t *w, struct ev_loop *loop, const mw_config_t *cf
     ev_prepare_init(&w->flush_prep, flush_pass);
     ev_prepare_start(loop, &w->flush_prep);
     ev_timer_init(&w->accept_pause, accept_resume, 0.1, 0.);
+}
+
+/* Whether SO_REUSEPORT works here (asked once). Without it, workers share
+ * worker 1's listening socket: each loop watches it and the kernel wakes
+ * them all per connection, one accept wins. MOONWIRE_TEST_NO_REUSEPORT=1
+ * takes that path on purpose (tests). */
+static int reuseport_available(void)
+{
+    static int known = -1;
+    if (known >= 0)
+        return known;
+    const char *off = getenv("MOONWIRE_TEST_NO_REUSEPORT");
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    known = !(off && off[0] == '1') && fd >= 0 &&
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0;
+    if (fd >= 0)
+        close(fd);
+    return known;
+}
+
+/* For workers 2..N without SO_REUSEPORT: their own descriptor for worker 1's
+ * socket. */
+static int share_listener(int fd, char *err, size_t errlen)
+{
+    int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0)
+        snprintf(err, errlen, "cannot share the listening socket: %s", strerror(errno));
+    return dup;
 }
 
 /* Binds and listens on host:port; returns the socket or -1 with err set. */
@@ -252,8 +281,14 @@ static int listen_on(const char *host, int port, int reuseport, int backlog, cha
 
 int mw__worker_listen(mw_worker_t *w, char *err, size_t errlen)
 {
-    int fd = listen_on(w->cfg.listen_host, w->cfg.listen_port, w->cfg.workers > 1,
-                       (int)w->cfg.listen_backlog, err, errlen);
+    int shared = w->cfg.workers > 1 && !reuseport_available();
+    if (shared && w->index == 0)
+        mw_warn("SO_REUSEPORT is not available: the %d workers share one listening socket",
+                w->cfg.workers);
+    int fd = shared && w->share_fd >= 0
+                 ? share_listener(w->share_fd, err, errlen)
+                 : listen_on(w->cfg.listen_host, w->cfg.listen_port, w->cfg.workers > 1 && !shared,
+                             (int)w->cfg.listen_backlog, err, errlen);
     if (fd < 0)
         return -1;
     w->listen_fd = fd;
@@ -294,8 +329,12 @@ int mw__worker_listen_tls(mw_worker_t *w, char *err, size_t errlen)
     w->tls_ctx = mw__tls_ctx_new(w->cfg.tls_cert, w->cfg.tls_key, err, errlen);
     if (!w->tls_ctx)
         return -1;
-    int fd = listen_on(w->cfg.tls_listen_host, w->cfg.tls_listen_port, w->cfg.workers > 1,
-                       (int)w->cfg.listen_backlog, err, errlen);
+    int shared = w->cfg.workers > 1 && !reuseport_available();
+    int fd =
+        shared && w->share_tls_fd >= 0
+            ? share_listener(w->share_tls_fd, err, errlen)
+            : listen_on(w->cfg.tls_listen_host, w->cfg.tls_listen_port,
+                        w->cfg.workers > 1 && !shared, (int)w->cfg.listen_backlog, err, errlen);
     if (fd < 0)
         return -1;
     w->tls_fd = fd;

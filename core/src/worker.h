@@ -86,6 +86,9 @@ struct mw_worker {
     struct ev_loop *loop;
     mw_config_t cfg;
     int listen_fd;
+    /* Worker 1's listening sockets, for the other workers where the kernel
+     * has no SO_REUSEPORT: they accept from the same socket (-1: unused). */
+    int share_fd, share_tls_fd;
     ev_io accept_io;
     ev_timer accept_pause; /* re-enables accepting after EMFILE */
     ev_prepare flush_prep; /* flushes corked writes before the loop sleeps */

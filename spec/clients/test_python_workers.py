@@ -159,6 +159,19 @@ class WorkersTest(MoonwireCase):
             await c.close()
 
 
+class WorkersSharedSocketTest(WorkersTest):
+    """The same, where the kernel has no SO_REUSEPORT: workers 2..N accept from
+    worker 1's listening socket (forced here with MOONWIRE_TEST_NO_REUSEPORT)."""
+    env = {"MOONWIRE_TEST_NO_REUSEPORT": "1"}
+
+    def start_server(self, app, *flags, env=None):
+        return super().start_server(app, *flags, env=dict(self.env, **(env or {})))
+
+    async def test_says_so_in_the_log(self):
+        self.assertIn("SO_REUSEPORT is not available: the 2 workers share one listening socket",
+                      self.server.log())
+
+
 class WorkersFlagTest(unittest.TestCase):
     def test_bad_worker_counts_are_refused(self):
         binary = mwserver.moonwire_bin()
