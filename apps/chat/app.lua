@@ -11,9 +11,16 @@
 --     {"type":"error","error":REASON}
 --   client -> server
 --     {"type":"message","text":T}
--- Room state lives in moonwire.state("chat"), so it survives hot reloads.
+-- Rooms, members and history live in this worker's Lua state
+-- (store_local.lua, kept across hot reloads) or, with
+-- CHAT_REDIS=redis://HOST:PORT in the environment, in Redis (store_redis.lua),
+-- with messages published through the broker on the same Redis: then any
+-- number of workers and processes serve the same rooms.
 local moonwire = require "moonwire"
 local cjson = require "cjson"
+
+local REDIS = os.getenv("CHAT_REDIS")
+local store = require(REDIS and "store_redis" or "store_local")
 
 local HISTORY = 50                 -- messages kept per room
 local MAX_TEXT = 500               -- characters per message
@@ -23,9 +30,6 @@ local NICK_CHARS = "^[%w_%.%-]+$"  -- ASCII letters, digits, '_', '.', '-'
 local ROOM_CHARS = "^[%w_%-]+$"
 
 local state = moonwire.state("chat")
-state.rooms = state.rooms or {}    -- name -> { conns = {id -> nick}, nicks = {nick -> n}, history = {} }
-state.nrooms = state.nrooms or 0
-state.seq = state.seq or 0         -- message ids, unique within this server process
 if not state.server then           -- tells a client whether the server restarted
   local f = io.open("/dev/urandom", "rb")
   local raw = f and f:read(6) or tostring(os.time())
@@ -33,20 +37,13 @@ if not state.server then           -- tells a client whether the server restarte
   state.server = raw:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
 end
 
-local app = moonwire.app {}
+local app = moonwire.app { broker = REDIS }
 
 local function utf8_len(s)
   return select(2, s:gsub("[^\128-\191]", ""))
 end
 
 local function topic(room) return "room:" .. room end
-
-local function members(room)
-  local list = {}
-  for nick in pairs(room.nicks) do list[#list + 1] = nick end
-  table.sort(list)
-  return list
-end
 
 local function send(ws, msg) ws:send(cjson.encode(msg)) end
 
@@ -64,29 +61,21 @@ app:websocket("/chat/:room", {
     if #room > 32 or not room:find(ROOM_CHARS) then
       return refuse("room must be 1-32 characters: letters, digits, '_' or '-'")
     end
-    if not state.rooms[room] and state.nrooms >= MAX_ROOMS then return 503, "too many rooms\n" end
+    if not store.room_allowed(room, MAX_ROOMS) then return 503, "too many rooms\n" end
     return { nick = nick, room = room }
   end,
 
   on_open = function(ws)
     local name, nick = ws.data.room, ws.data.nick
-    local room = state.rooms[name]
-    if not room then
-      room = { conns = {}, nicks = {}, history = {} }
-      state.rooms[name] = room
-      state.nrooms = state.nrooms + 1
-    end
-    room.conns[ws.id] = nick
-    local first = not room.nicks[nick]
-    room.nicks[nick] = (room.nicks[nick] or 0) + 1
+    local first, list = store.join(name, nick)
+    ws.data.joined = true
     -- Notify the others before subscribing: the newcomer learns everything from its welcome.
     if first then
-      app:publish(topic(name), cjson.encode { type = "join", nick = nick, ts = os.time(),
-        members = members(room) })
+      app:publish(topic(name), cjson.encode { type = "join", nick = nick, ts = os.time(), members = list })
     end
     ws:subscribe(topic(name))
     send(ws, { type = "welcome", server = state.server, room = name, nick = nick,
-      members = members(room), history = room.history, limits = { text = MAX_TEXT, nick = MAX_NICK } })
+      members = list, history = store.history(name), limits = { text = MAX_TEXT, nick = MAX_NICK } })
   end,
 
   on_message = function(ws, data, is_binary)
@@ -101,40 +90,25 @@ app:websocket("/chat/:room", {
       return send(ws, { type = "error",
         error = ("message too long (at most %d characters)"):format(MAX_TEXT) })
     end
-    local room = state.rooms[ws.data.room]
-    state.seq = state.seq + 1
-    local out = { type = "message", id = state.seq, server = state.server, nick = ws.data.nick,
-      text = text, ts = os.time() }
-    local h = room.history
-    h[#h + 1] = out
-    if #h > HISTORY then table.remove(h, 1) end
+    local out = store.add(ws.data.room, { type = "message", server = state.server,
+      nick = ws.data.nick, text = text, ts = os.time() }, HISTORY)
     app:publish(topic(ws.data.room), cjson.encode(out))
   end,
 
   on_close = function(ws)
     local name, nick = ws.data.room, ws.data.nick
-    local room = name and state.rooms[name]
-    if not (room and room.conns[ws.id]) then return end
-    room.conns[ws.id] = nil
-    room.nicks[nick] = room.nicks[nick] - 1
-    if room.nicks[nick] > 0 then return end  -- the same nick is still here on another tab
-    room.nicks[nick] = nil
-    local list = members(room)
-    if #list == 0 and #room.history == 0 then
-      state.rooms[name] = nil
-      state.nrooms = state.nrooms - 1
-      return
+    if not ws.data.joined then return end
+    ws.data.joined = nil
+    local left, list = store.leave(name, nick)
+    if left and #list > 0 then
+      app:publish(topic(name), cjson.encode { type = "leave", nick = nick, ts = os.time(), members = list })
     end
-    app:publish(topic(name), cjson.encode { type = "leave", nick = nick, ts = os.time(), members = list })
   end,
 })
 
 -- The rooms and how many are in each, for the page's room picker.
 app:get("/api/rooms", function(_, res)
-  local list = {}
-  for name, room in pairs(state.rooms) do
-    list[#list + 1] = { room = name, members = #members(room) }
-  end
+  local list = store.rooms()
   table.sort(list, function(a, b)
     return a.members > b.members or (a.members == b.members and a.room < b.room)
   end)
