@@ -136,6 +136,19 @@ static void append_bytes(mw_chunk_pool_t *pool, mw_outq_t *q, const uint8_t *p, 
 void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
                       const void *data, size_t len)
 {
+    /* The common case, a small frame that fits the tail chunk: two copies
+     * and no loop (a ref chunk has cap 0, a file chunk is excluded). */
+    mw_chunk_t *t = q->tail;
+    size_t total = hlen + len;
+    if (t && !t->ref && t->cap != MW_CHUNK_FILE && t->cap - t->end >= total) {
+        if (hlen)
+            memcpy(t->data + t->end, hdr, hlen);
+        if (len)
+            memcpy(t->data + t->end + hlen, data, len);
+        t->end += (uint32_t)total;
+        q->bytes += total;
+        return;
+    }
     if (hlen)
         append_bytes(pool, q, hdr, hlen, hlen + len);
     if (len)
