@@ -258,6 +258,23 @@ static void setnum(lua_State *L, const char *k, double v)
     lua_setfield(L, -2, k);
 }
 
+/* Pushes {["KEY"] = count} for the nonzero counts, keys[i] as a string and
+ * index 0 as "other" (close codes, refusal statuses). */
+static void push_counts(lua_State *L, const uint64_t *counts, const uint16_t *keys, int n)
+{
+    lua_newtable(L);
+    for (int i = 0; i < n; i++) {
+        if (!counts[i])
+            continue;
+        if (i)
+            lua_pushfstring(L, "%d", (int)keys[i]);
+        else
+            lua_pushliteral(L, "other");
+        lua_pushnumber(L, (double)counts[i]);
+        lua_settable(L, -3);
+    }
+}
+
 /* moonwire.stats() -> table with the same figures as /metrics */
 int mw__lua_stats(lua_State *L)
 {
@@ -276,30 +293,10 @@ int mw__lua_stats(lua_State *L)
     lua_setfield(L, -2, "connections");
     lua_newtable(L);
     setnum(L, "accepted", (double)st->ws_opened);
-    lua_newtable(L);
-    for (int i = 0; i < MW_STATS_REFUSALS; i++) {
-        if (!st->refused[i])
-            continue;
-        if (i)
-            lua_pushfstring(L, "%d", (int)mw__stats_refusals[i]);
-        else
-            lua_pushliteral(L, "other");
-        lua_pushnumber(L, (double)st->refused[i]);
-        lua_settable(L, -3);
-    }
+    push_counts(L, st->refused, mw__stats_refusals, MW_STATS_REFUSALS);
     lua_setfield(L, -2, "refused");
     lua_setfield(L, -2, "upgrades");
-    lua_newtable(L);
-    for (int i = 0; i < MW_STATS_CODES; i++) {
-        if (!st->closes[i])
-            continue;
-        if (i)
-            lua_pushfstring(L, "%d", (int)mw__stats_codes[i]);
-        else
-            lua_pushliteral(L, "other");
-        lua_pushnumber(L, (double)st->closes[i]);
-        lua_settable(L, -3);
-    }
+    push_counts(L, st->closes, mw__stats_codes, MW_STATS_CODES);
     lua_setfield(L, -2, "closed");
     setnum(L, "http_requests", (double)st->http_requests);
     lua_newtable(L);
