@@ -4,6 +4,7 @@
 #ifndef MW_BIND_H
 #define MW_BIND_H
 
+#include <lauxlib.h>
 #include <lua.h>
 
 #include "conn.h"
@@ -117,6 +118,12 @@ void mw__ws_set_params(mw_lua_t *S, mw_conn_t *c, int idx);
 /* Pushes a table of the request's headers (lowercase names) / decoded query. */
 void mw__lua_push_headers(lua_State *L, const mw_http_request_t *req);
 void mw__lua_push_query(lua_State *L, mw_slice_t query);
+/* A userdata class: metatable `name` with methods (NULL-terminated) as
+ * __index, the __tostring and __gc metamethods (either may be NULL) and
+ * __name; then field `ctor` of the table on the stack's top becomes fn, a
+ * closure over S. */
+void mw__lua_class(lua_State *L, mw_lua_t *S, const char *name, const luaL_Reg *methods,
+                   lua_CFunction tostring, lua_CFunction gc, const char *ctor, lua_CFunction fn);
 /* Pushes the app's route table number index (0-based). */
 void mw__lua_push_route(mw_lua_t *S, int index);
 /* Builds w->routes from the app's route tables. */

@@ -361,6 +361,29 @@ void mw__lua_close(mw_lua_t *S)
 /* --- hooks for the core ----------------------------------------------------- */
 
 /* Pushes the route table of route `index` (0-based, as in w->routes). */
+void mw__lua_class(lua_State *L, mw_lua_t *S, const char *name, const luaL_Reg *methods,
+                   lua_CFunction tostring, lua_CFunction gc, const char *ctor, lua_CFunction fn)
+{
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    if (tostring) {
+        lua_pushcfunction(L, tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    if (gc) {
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, S);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, ctor);
+}
+
 void mw__lua_push_route(mw_lua_t *S, int index)
 {
     lua_rawgeti(S->L, LUA_REGISTRYINDEX, S->routes_ref);

@@ -767,20 +767,7 @@ void mw__tcp_register(lua_State *L, mw_lua_t *S)
                                        {"setkeepalive", l_setkeepalive},
                                        {"getreusedtimes", l_getreusedtimes},
                                        {NULL, NULL}};
-    luaL_newmetatable(L, TCP_MT);
-    lua_newtable(L);
-    luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushliteral(L, TCP_MT);
-    lua_setfield(L, -2, "__name");
-    lua_pop(L, 1);
-    lua_pushlightuserdata(L, S);
-    lua_pushcclosure(L, l_tcp, 1);
-    lua_setfield(L, -2, "tcp");
+    mw__lua_class(L, S, TCP_MT, methods, l_tostring, l_gc, "tcp", l_tcp);
 }
 
 void mw__tcp_close_all(mw_lua_t *S)

@@ -141,19 +141,8 @@ static int l_tostring(lua_State *L)
 
 void mw__timer_register(lua_State *L, mw_lua_t *S)
 {
-    luaL_newmetatable(L, TIMER_MT);
-    lua_newtable(L);
-    lua_pushcfunction(L, l_cancel);
-    lua_setfield(L, -2, "cancel");
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushliteral(L, TIMER_MT);
-    lua_setfield(L, -2, "__name");
-    lua_pop(L, 1);
-    lua_pushlightuserdata(L, S);
-    lua_pushcclosure(L, l_timer, 1);
-    lua_setfield(L, -2, "timer");
+    static const luaL_Reg methods[] = {{"cancel", l_cancel}, {NULL, NULL}};
+    mw__lua_class(L, S, TIMER_MT, methods, l_tostring, NULL, "timer", l_timer);
 }
 
 void mw__timer_start_pending(mw_lua_t *S)
