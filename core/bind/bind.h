@@ -48,6 +48,8 @@ typedef struct mw_lua {
     const mw_msgref_t *batch;
     size_t batch_i, batch_n;
     mw_co_t *batch_co;
+    double batch_seq;           /* the running batch's number, for take */
+    double batch_seqs;          /* batches started */
     int force_max_message_size; /* --max-message-size overrides every route */
     mw_co_t *running;           /* the coroutine now running, or NULL */
     mw_co_t *suspended;         /* the call mw__lua_run last left suspended */
@@ -124,6 +126,10 @@ void mw__lua_push_query(lua_State *L, mw_slice_t query);
  * closure over S. */
 void mw__lua_class(lua_State *L, mw_lua_t *S, const char *name, const luaL_Reg *methods,
                    lua_CFunction tostring, lua_CFunction gc, const char *ctor, lua_CFunction fn);
+/* Pushes C function fn as a light userdata, for the Lua side to
+ * ffi.cast to its type: the hot paths (the batch runner's take, ws:send)
+ * are called through LuaJIT's FFI so that their loops compile. */
+void mw__lua_push_cfn(lua_State *L, void (*fn)(void));
 /* Pushes the app's route table number index (0-based). */
 void mw__lua_push_route(mw_lua_t *S, int index);
 /* Builds w->routes from the app's route tables. */

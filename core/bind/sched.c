@@ -215,13 +215,17 @@ int mw__lua_run_batch(mw_lua_t *S, mw_conn_t *c, const mw_msgref_t *m, size_t n,
         k->fresh = 0;
     }
     lua_xmove(L, co, 3);
-    lua_pushnil(co);
+    /* A number, not a light userdata: LuaJIT's traces cannot pass those
+     * to C (NYI on 64-bit), and this one is passed on every take. */
+    lua_pushnumber(co, (double)++S->batch_seqs);
     k->conn = c;
     k->kind = MW_CO_HANDLER;
     mw__conn_retain(c);
     const mw_msgref_t *prev = S->batch;
     size_t prev_i = S->batch_i, prev_n = S->batch_n;
     mw_co_t *prev_co = S->batch_co;
+    double prev_seq = S->batch_seq;
+    S->batch_seq = S->batch_seqs;
     S->batch = m;
     S->batch_i = 0;
     S->batch_n = n;
@@ -234,25 +238,31 @@ int mw__lua_run_batch(mw_lua_t *S, mw_conn_t *c, const mw_msgref_t *m, size_t n,
     S->batch_i = prev_i;
     S->batch_n = prev_n;
     S->batch_co = prev_co;
+    S->batch_seq = prev_seq;
     return suspended;
 }
 
 /* moonwire.core.take() -> message, binary | nothing: the next message of the
  * batch the running call was started for; nothing once the batch is done,
  * the call is not a batch's, or the connection is no longer open. */
-static int l_take(lua_State *L)
+/* take(S, seq): the next message of the batch the running call was started
+ * for (seq is that batch's number); NULL once the batch is done, the caller
+ * is not that batch's call, or the connection is no longer open.
+ * Called through LuaJIT's FFI from the batch runner, so the loop over a
+ * read's messages compiles into one trace: it must not call into Lua. */
+_Static_assert(offsetof(mw_msgref_t, len) == sizeof(void *) &&
+                   offsetof(mw_msgref_t, binary) == 2 * sizeof(void *),
+               "batch_src declares mw_msgref_t's layout for the FFI");
+
+static const mw_msgref_t *ffi_take(mw_lua_t *S, double seq)
 {
-    mw_lua_t *S = lua_touserdata(L, lua_upvalueindex(1));
     mw_co_t *k = S->running;
-    if (!k || k != S->batch_co || k->co != L || S->batch_i >= S->batch_n || !k->conn ||
+    if (!k || seq != S->batch_seq || k != S->batch_co || S->batch_i >= S->batch_n || !k->conn ||
         k->conn->state != MW_CONN_OPEN)
-        return 0;
-    const mw_msgref_t *m = &S->batch[S->batch_i];
-    if (S->batch_i++ > 0 && S->w)
+        return NULL;
+    if (S->batch_i > 0 && S->w)
         S->w->stats.handler_calls++; /* the first was counted by its resume */
-    lua_pushlstring(L, (const char *)m->data, m->len);
-    lua_pushboolean(L, m->binary);
-    return 2;
+    return &S->batch[S->batch_i++];
 }
 
 void mw__lua_wake(mw_co_t *k, int nret)
@@ -378,15 +388,24 @@ int mw__luaopen_core(lua_State *L)
 }
 
 /* The batch runner: handler(ws, message, binary) for each message take()
- * hands out. A handler error ends the loop (and the connection: 1011). */
-static const char batch_src[] = "local take = ...\n"
-                                "return function(fn, ws)\n"
-                                "  local msg, bin = take()\n"
-                                "  while msg do\n"
-                                "    fn(ws, msg, bin)\n"
-                                "    msg, bin = take()\n"
-                                "  end\n"
-                                "end\n";
+ * hands out. A handler error ends the loop (and the connection: 1011).
+ * take is a C function called through the FFI (see ffi_take): with the
+ * classic C API each call would end LuaJIT's trace; this way the loop, the
+ * handler and its ws:send compile together. The message struct has no
+ * global name, so an app's own ffi.cdef cannot clash with it. */
+static const char batch_src[] =
+    "local ffi, take_fn, S = ...\n"
+    "S = ffi.cast('void *', S)\n"
+    "local msgp = ffi.typeof('const struct { const char *data; size_t len; int binary; } *')\n"
+    "local take = ffi.cast(ffi.typeof('$ (*)(void *, double)', msgp), take_fn)\n"
+    "local str = ffi.string\n"
+    "return function(fn, ws, seq)\n"
+    "  local m = take(S, seq)\n"
+    "  while m ~= nil do\n"
+    "    fn(ws, str(m.data, m.len), m.binary ~= 0)\n"
+    "    m = take(S, seq)\n"
+    "  end\n"
+    "end\n";
 
 /* The body every pooled coroutine runs: call, report, park, repeat. */
 static const char body_src[] = "local done, xpcall, traceback, yield = ...\n"
@@ -415,9 +434,13 @@ int mw__sched_init(mw_lua_t *S)
     S->body_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     if (luaL_loadbuffer(L, batch_src, sizeof batch_src - 1, "=moonwire.batch") != 0)
         return -1;
-    lua_pushlightuserdata(L, S);
-    lua_pushcclosure(L, l_take, 1);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "ffi");
     if (lua_pcall(L, 1, 1, 0) != 0)
+        return -1;
+    mw__lua_push_cfn(L, (void (*)(void))ffi_take);
+    lua_pushlightuserdata(L, S);
+    if (lua_pcall(L, 3, 1, 0) != 0)
         return -1;
     S->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;

@@ -360,6 +360,14 @@ void mw__lua_close(mw_lua_t *S)
 
 /* --- hooks for the core ----------------------------------------------------- */
 
+void mw__lua_push_cfn(lua_State *L, void (*fn)(void))
+{
+    void *p; /* C11 has no cast from a function pointer to void *; copy it */
+    _Static_assert(sizeof p == sizeof fn, "function pointers are data-pointer sized");
+    memcpy(&p, &fn, sizeof p);
+    lua_pushlightuserdata(L, p);
+}
+
 /* Pushes the route table of route `index` (0-based, as in w->routes). */
 void mw__lua_class(lua_State *L, mw_lua_t *S, const char *name, const luaL_Reg *methods,
                    lua_CFunction tostring, lua_CFunction gc, const char *ctor, lua_CFunction fn)

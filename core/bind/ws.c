@@ -105,6 +105,17 @@ static int ws_send(lua_State *L)
     return 1;
 }
 
+/* The FFI side of ws:send (see the __index source in mw__ws_register):
+ * b is a ws box (the Lua side checked its metatable); 0 queued, 1 dropped,
+ * 2 closed. Never calls into Lua, as a function called from a compiled
+ * trace must not. */
+static int ffi_send(ws_box_t *b, const char *data, size_t len, int binary)
+{
+    int rc = b->c ? mw__conn_send(b->c, binary ? MW_WS_OP_BINARY : MW_WS_OP_TEXT, data, len)
+                  : MW_ECLOSED;
+    return rc == MW_OK ? 0 : rc == MW_EAGAIN ? 1 : 2;
+}
+
 /* ws:close([code [, reason]]) -> true | nil, "closed" */
 static int ws_close(lua_State *L)
 {
@@ -406,13 +417,28 @@ void mw__ws_register(lua_State *L)
     /* __index is a small Lua function: `ws:send` is then one table lookup
      * that LuaJIT compiles into the handler's trace, and only fields
      * (ws.data, ws.path...) go through C (profiled: the C __index with its
-     * string compares was the largest user-space cost of an echo). */
-    static const char index_src[] = "local methods, fields = ...\n"
-                                    "return function(ws, k)\n"
-                                    "  local m = methods[k]\n"
-                                    "  if m ~= nil then return m end\n"
-                                    "  return fields(ws, k)\n"
-                                    "end\n";
+     * string compares was the largest user-space cost of an echo). ws:send
+     * with a string calls C through the FFI, which a trace compiles too;
+     * anything else (a number, a wrong argument) takes the C API path. */
+    static const char index_src[] =
+        "local methods, fields, mt, ffi, send_fn = ...\n"
+        "local cffi = ffi.cast('int (*)(void *, const char *, size_t, int)', send_fn)\n"
+        "local send, getmetatable, type = methods.send, getmetatable, type\n"
+        "methods.send = function(ws, data, binary)\n"
+        "  if type(data) == 'string' and getmetatable(ws) == mt then\n"
+        "    local rc = cffi(ws, data, #data, binary and 1 or 0)\n"
+        "    if rc == 0 then return true end\n"
+        "    return nil, rc == 1 and 'dropped' or 'closed'\n"
+        "  end\n"
+        "  -- not a tail call: errors then name 'send', as they would directly\n"
+        "  local ok, err = send(ws, data, binary)\n"
+        "  return ok, err\n"
+        "end\n"
+        "return function(ws, k)\n"
+        "  local m = methods[k]\n"
+        "  if m ~= nil then return m end\n"
+        "  return fields(ws, k)\n"
+        "end\n";
     luaL_loadbuffer(L, index_src, sizeof index_src - 1, "=moonwire.ws");
     lua_newtable(L);
     for (const luaL_Reg *r = methods; r->name; r++) {
@@ -422,7 +448,12 @@ void mw__ws_register(lua_State *L)
     }
     lua_pushvalue(L, -3);
     lua_pushcclosure(L, ws_index, 1);
-    lua_call(L, 2, 1);
+    lua_pushvalue(L, -4);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "ffi");
+    lua_call(L, 1, 1);
+    mw__lua_push_cfn(L, (void (*)(void))ffi_send);
+    lua_call(L, 5, 1);
     lua_setfield(L, -2, "__index");
     lua_pushvalue(L, -1);
     lua_pushcclosure(L, ws_newindex, 1);

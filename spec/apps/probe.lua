@@ -168,6 +168,18 @@ function commands.log_warn(ws, ...)
   ws:send("logged")
 end
 
+-- ws:send off its fast path: a number is sent as its text, a truthy
+-- non-boolean asks for binary, and a wrong object or payload raises the
+-- usual "bad argument" errors.
+function commands.send_odd(ws)
+  ws:send(42)
+  ws:send("bin", 1)
+  local ok1, e1 = pcall(ws.send, {}, "x")
+  local ok2, e2 = pcall(ws.send, ws, {})
+  local ok3, e3 = pcall(ws.send, io.stdout, "x")
+  ws:send(table.concat({ tostring(ok1), e1, tostring(ok2), e2, tostring(ok3), e3 }, "|"))
+end
+
 function commands.binary(ws, ...)
   ws:send(table.concat({ ... }, " "), true)
 end
