@@ -211,6 +211,23 @@ static void update_events(mw_conn_t *c)
         ev_io_start(c->w->loop, &c->io);
 }
 
+void mw__conn_send_now(mw_conn_t *c, const uint8_t *frame, size_t n)
+{
+    size_t done = 0;
+    if (c->out.bytes == 0 && c->tp == &tcp_transport) {
+        ssize_t k = write(c->io.fd, frame, n);
+        if (k > 0) {
+            done = (size_t)k;
+            if (!c->admin)
+                c->w->stats.bytes_out += (uint64_t)k;
+        }
+    }
+    if (done < n) {
+        mw__outq_append2(&c->w->pool, &c->out, frame + done, n - done, NULL, 0);
+        mw__conn_want_flush(c);
+    }
+}
+
 void mw__conn_flush(mw_conn_t *c)
 {
     mw_worker_t *w = c->w;

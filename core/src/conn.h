@@ -174,6 +174,13 @@ void mw__conn_deliver_close(mw_conn_t *c);
 void mw__conn_want_flush(mw_conn_t *c);
 /* Writes what the kernel takes now; arms EV_WRITE for the rest. */
 void mw__conn_flush(mw_conn_t *c);
+/* Writes frame (n bytes, a small one) straight to the socket when nothing
+ * is queued before it, on plain TCP; queues what did not go out. Never
+ * tears c down (a write error is left to the flush pass to find), so
+ * timer-list callbacks may use it: a heartbeat ping to an idle connection
+ * then needs no output chunk, which with many connections pinged in one
+ * pass would leave that many chunks' worth of heap behind. */
+void mw__conn_send_now(mw_conn_t *c, const uint8_t *frame, size_t n);
 /* Starts or stops reading (inbox backpressure). */
 void mw__conn_set_reading(mw_conn_t *c, int on);
 /* Schedules mw__conn_resume_input for the next flush pass, so input held

@@ -36,10 +36,10 @@ static void heartbeat_due(mw_conn_t *c)
     if (c->state != MW_CONN_OPEN)
         return;
     static const char payload[] = "moonwire";
-    uint8_t hdr[MW_WS_MAX_HEADER];
-    size_t hlen = mw__ws_header(hdr, 1, 0, MW_WS_OP_PING, sizeof payload - 1);
-    mw__outq_append2(&c->w->pool, &c->out, hdr, hlen, payload, sizeof payload - 1);
-    mw__conn_want_flush(c);
+    uint8_t frame[MW_WS_MAX_HEADER + sizeof payload];
+    size_t hlen = mw__ws_header(frame, 1, 0, MW_WS_OP_PING, sizeof payload - 1);
+    memcpy(frame + hlen, payload, sizeof payload - 1);
+    mw__conn_send_now(c, frame, hlen + sizeof payload - 1);
     mw__tl_move(c, MW_TL_PING);
 }
 
