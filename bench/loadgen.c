@@ -138,6 +138,30 @@ static double cpu_seconds(int who)
            ru.ru_stime.tv_usec / 1e6;
 }
 
+/* The server's CPU time (user + system), seconds; -1 if unreadable. */
+static double read_cpu_s(int pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The server's CPU share over a window (1 = one CPU busy), -1 unknown. */
+static double server_share(double cpu0, double cpu1, double wall)
+{
+    return cpu0 >= 0 && cpu1 >= 0 && wall > 0 ? (cpu1 - cpu0) / wall : -1;
+}
+
 /* ---- histogram -------------------------------------------------------- */
 
 /* HDR-style log buckets: values below 64 ns are exact; above, each power of
@@ -297,6 +321,7 @@ struct worker {
     /* idle */
     int ctl_fd; /* control pipe from the parent: EOF = hold is over */
     int ctl_eof;
+    uint64_t pings; /* server pings answered (idle: since the ramp ended) */
     pthread_t thread;
 };
 
@@ -770,6 +795,7 @@ static void on_message_done(struct conn *c)
 static void on_control(struct conn *c)
 {
     if (c->opcode == 9) { /* ping: answer with the same payload */
+        c->w->pings++;
         queue_frame(c, 10, c->ctl, c->ctl_len);
     } else if (c->opcode == 8) {
         unsigned code = c->ctl_len >= 2 ? (unsigned)(c->ctl[0] << 8 | c->ctl[1]) : 1005;
@@ -1200,7 +1226,7 @@ static pthread_barrier_t barrier;
 static uint64_t g_start, g_end;
 static double g_connect_s;
 /* thread 0 samples the process's CPU time at the edges of the window */
-static double g_cpu0, g_cpu1;
+static double g_cpu0, g_cpu1, g_scpu0 = -1, g_scpu1 = -1;
 static uint64_t g_wall0, g_wall1;
 
 static uint64_t worker_inflight(struct worker *w)
@@ -1238,14 +1264,17 @@ static void *echo_thread(void *arg)
         worker_poll(w, 20);
         if (w->index == 0 && !sampled && w->now >= g_start) {
             g_cpu0 = cpu_seconds(RUSAGE_SELF);
+            g_scpu0 = opt.server_pid ? read_cpu_s(opt.server_pid) : -1;
             g_wall0 = w->now;
             sampled = 1;
         }
     }
     if (w->index == 0) {
         g_cpu1 = cpu_seconds(RUSAGE_SELF);
+        g_scpu1 = opt.server_pid ? read_cpu_s(opt.server_pid) : -1;
         g_wall1 = now_ns();
         if (!sampled) {
+            g_scpu0 = g_scpu1;
             g_cpu0 = g_cpu1;
             g_wall0 = g_wall1;
         }
@@ -1342,13 +1371,13 @@ static int run_echo(void)
            "\"mean_us\":%.2f,\"errors\":%" PRIu64 ",\"verify_errors\":%" PRIu64
            ",\"conn_failed\":%" PRIu64 ",\"dropped\":%" PRIu64 ",\"open\":%" PRIu64
            ",\"verified\":%s,\"gen_cpu_s\":%.3f,\"gen_idle\":%.3f,\"gen_bottleneck\":%s,"
-           "\"first_error\":\"%s\"}\n",
+           "\"server_cpu\":%.3f,\"first_error\":\"%s\"}\n",
            opt.conns, opt.depth, opt.size, opt.binary ? "true" : "false", T, secs, msgs, mps, mbs,
            hist_pct(lat, .5) / 1e3, hist_pct(lat, .9) / 1e3, hist_pct(lat, .99) / 1e3,
            hist_pct(lat, .999) / 1e3, (double)lat->max / 1e3,
            lat->n ? (double)lat->sum / (double)lat->n / 1e3 : 0.0, errors, verr, failed, dropped,
            open, ok ? "true" : "false", g_cpu1 - g_cpu0, idle, idle < 0.1 ? "true" : "false",
-           first);
+           server_share(g_scpu0, g_scpu1, (double)(g_wall1 - g_wall0) / 1e9), first);
     fflush(stdout);
     return ok ? 0 : 1;
 }
@@ -1398,7 +1427,7 @@ static int run_broadcast(void)
     w->sending = 1;
     pub_may_send(w);
     flush_dirty(w);
-    double cpu0 = 0, cpu1;
+    double cpu0 = 0, cpu1, scpu0 = -1;
     uint64_t wall0 = 0, wall1, pub0 = 0, pub1 = 0;
     int sampled = 0;
     uint64_t stall_seq = UINT64_MAX, stall_since = 0;
@@ -1407,6 +1436,7 @@ static int run_broadcast(void)
         worker_poll(w, 20);
         if (!sampled && w->now >= w->t_start) {
             cpu0 = cpu_seconds(RUSAGE_SELF);
+            scpu0 = opt.server_pid ? read_cpu_s(opt.server_pid) : -1;
             wall0 = w->now;
             pub0 = w->published;
             sampled = 1;
@@ -1421,6 +1451,7 @@ static int run_broadcast(void)
         }
     }
     cpu1 = cpu_seconds(RUSAGE_SELF);
+    double scpu1 = opt.server_pid ? read_cpu_s(opt.server_pid) : -1;
     wall1 = now_ns();
     pub1 = w->published;
     w->sending = 0;
@@ -1467,14 +1498,15 @@ static int run_broadcast(void)
            "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"max_us\":%.2f,"
            "\"fanout_p50_us\":%.2f,\"fanout_p99_us\":%.2f,\"lost\":%" PRIu64
            ",\"out_of_order\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"stalled\":%s,\"verified\":%s,"
-           "\"gen_cpu_s\":%.3f,\"gen_idle\":%.3f,\"gen_bottleneck\":%s,\"first_error\":\"%s\"}\n",
+           "\"gen_cpu_s\":%.3f,\"gen_idle\":%.3f,\"gen_bottleneck\":%s,\"server_cpu\":%.3f,"
+           "\"first_error\":\"%s\"}\n",
            opt.conns, opt.depth, opt.size, opt.binary ? "true" : "false", secs, w->published,
            (double)(pub1 - pub0) / secs, w->deliveries, dps, dps, dps * (double)opt.size / 1e6,
            hist_pct(&w->lat, .5) / 1e3, hist_pct(&w->lat, .99) / 1e3, hist_pct(&w->lat, .999) / 1e3,
            (double)w->lat.max / 1e3, hist_pct(&w->fanout, .5) / 1e3,
            hist_pct(&w->fanout, .99) / 1e3, lost, w->out_of_order, w->errors + w->verify_errors,
            stalled ? "true" : "false", ok ? "true" : "false", cpu1 - cpu0, idle,
-           idle < 0.1 ? "true" : "false", w->first_error);
+           idle < 0.1 ? "true" : "false", server_share(scpu0, scpu1, wall), w->first_error);
     fflush(stdout);
     return ok ? 0 : 1;
 }
@@ -1506,6 +1538,7 @@ static void idle_child(int nconns, int first_id, int ctl_fd, int out_fd)
         w->conns[i].sent_ts = calloc(1, sizeof(uint64_t));
     double ramp = worker_connect(w, opt.ramp_pending, 60);
     dprintf(out_fd, "ramped %" PRIu64 " %" PRIu64 " %.3f\n", w->open_count, w->conn_failed, ramp);
+    w->pings = 0; /* the heartbeats of the hold */
     w->ctl_fd = ctl_fd;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(w->ep, EPOLL_CTL_ADD, ctl_fd, &ev);
@@ -1513,6 +1546,7 @@ static void idle_child(int nconns, int first_id, int ctl_fd, int out_fd)
         worker_poll(w, 200);
     /* liveness: one 32-byte echo on every connection still open */
     uint64_t open_before = w->open_count - w->closed_count;
+    uint64_t pings = w->pings;
     w->now = now_ns();
     w->t_start = w->now;
     w->t_end = UINT64_MAX;
@@ -1524,8 +1558,10 @@ static void idle_child(int nconns, int first_id, int ctl_fd, int out_fd)
     uint64_t deadline = w->now + 20000000000u;
     while (w->msgs_total < open_before && w->now < deadline)
         worker_poll(w, 100);
-    dprintf(out_fd, "done %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %.2f %s\n",
-            open_before, w->msgs_total, w->dropped, w->errors, w->verify_errors,
+    dprintf(out_fd,
+            "done %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
+            " %.2f %s\n",
+            open_before, w->msgs_total, w->dropped, w->errors, w->verify_errors, pings,
             hist_pct(&w->lat, .99) / 1e3, w->first_error[0] ? "error" : "-");
     if (w->first_error[0])
         fprintf(stderr, "loadgen: idle: %s\n", w->first_error);
@@ -1605,21 +1641,30 @@ static int run_idle(void)
     if (!opt.quiet)
         fprintf(stderr, "idle %s: %" PRIu64 " of %d connections open in %.2f s, holding %.1f s\n",
                 opt.label, open, opt.conns, ramp_all, opt.hold);
+    /* The server's CPU over the hold: with heartbeats on, what keeping
+     * the connections costs (flat per ping as the count grows, or not). */
+    double cpu0 = opt.server_pid ? read_cpu_s(opt.server_pid) : -1;
+    uint64_t h0 = now_ns();
     struct timespec hold = {(time_t)opt.hold, (long)((opt.hold - (double)(time_t)opt.hold) * 1e9)};
     nanosleep(&hold, NULL);
     long rss_kb = opt.server_pid ? read_rss_kb(opt.server_pid) : -1;
+    double cpu1 = opt.server_pid ? read_cpu_s(opt.server_pid) : -1;
+    double held_s = (double)(now_ns() - h0) / 1e9;
+    double hold_cpu = cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1;
     for (int p = 0; p < P; p++)
         close(ctl[p][1]);
-    uint64_t still = 0, alive = 0, dropped = 0, errors = 0;
+    uint64_t still = 0, alive = 0, dropped = 0, errors = 0, pings = 0;
     double p99 = 0;
     for (int p = 0; p < P; p++) {
-        uint64_t s = 0, a = 0, d = 0, e = 0, v = 0;
+        uint64_t s = 0, a = 0, d = 0, e = 0, v = 0, g = 0;
         double q = 0;
         char tag[16];
         if (fscanf(rf[p],
-                   " done %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %lf %15s", &s,
-                   &a, &d, &e, &v, &q, tag) != 7)
+                   " done %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
+                   " %lf %15s",
+                   &s, &a, &d, &e, &v, &g, &q, tag) != 8)
             e++;
+        pings += g;
         still += s;
         alive += a;
         dropped += d;
@@ -1639,17 +1684,24 @@ static int run_idle(void)
                 "  server RSS %ld kB -> %ld kB: %.0f bytes per connection; %" PRIu64 " of %" PRIu64
                 " answered an echo after the hold (p99 %.0f us); %s\n",
                 base_kb, rss_kb, per_conn, alive, open, p99, ok ? "ok" : "FAILED");
+    if (!opt.quiet && hold_cpu >= 0)
+        fprintf(stderr,
+                "  hold: server CPU %.3f s in %.1f s; %" PRIu64 " pings answered (%.0f us each)\n",
+                hold_cpu, held_s, pings, pings ? hold_cpu * 1e6 / (double)pings : 0);
     printf("{\"mode\":\"idle\",");
     print_json_common(stdout);
     printf(",\"conns\":%d,\"procs\":%d,\"src_addrs\":%d,\"open\":%" PRIu64 ",\"failed\":%" PRIu64
            ",\"ramp_s\":%.3f,\"conns_per_s\":%.0f,\"hold_s\":%.1f,\"server_rss_base_kb\":%ld,"
            "\"server_rss_kb\":%ld,\"rss_per_conn\":%.0f,\"open_after_hold\":%" PRIu64
            ",\"alive\":%" PRIu64 ",\"dropped\":%" PRIu64 ",\"errors\":%" PRIu64
-           ",\"alive_p99_us\":%.1f,"
+           ",\"alive_p99_us\":%.1f,\"hold_server_cpu_s\":%.3f,\"pings\":%" PRIu64
+           ",\"pings_per_s\":%.0f,\"server_us_per_ping\":%.2f,"
            "\"gen_cpu_s\":%.3f,\"verified\":%s}\n",
            opt.conns, P, opt.src_addrs, open, failed, ramp_all,
            ramp_all > 0 ? (double)open / ramp_all : 0, opt.hold, base_kb, rss_kb, per_conn, still,
-           alive, dropped, errors, p99, gen_cpu, ok ? "true" : "false");
+           alive, dropped, errors, p99, hold_cpu, pings, held_s > 0 ? (double)pings / held_s : 0,
+           pings && hold_cpu >= 0 ? hold_cpu * 1e6 / (double)pings : -1, gen_cpu,
+           ok ? "true" : "false");
     fflush(stdout);
     return ok ? 0 : 1;
 }
@@ -1670,8 +1722,8 @@ static void usage(void)
             "  --pub-port N        broadcast: publish through another server (a broker)\n"
             "  --procs N       idle: processes (1)     --src-addrs N  use 127.0.0.2..N+1\n"
             "  --hold S        idle: hold time (2)     --ramp-pending N (256)\n"
-            "  --server-pid P  idle: read the server's RSS from /proc/P/status\n"
-            "  --tcp           idle: plain TCP (against rawecho), no WebSocket\n"
+            "  --server-pid P  idle: the server's RSS (/proc/P/status) and CPU over the hold;\n"
+            "                  echo, broadcast: its CPU share over the window (server_cpu)\n"
             "  --tls           TLS (no certificate check)\n"
             "  --deflate       permessage-deflate, every sent message compressed\n"
             "  --label TEXT    name in the output      --quiet  JSON only\n"

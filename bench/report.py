@@ -19,10 +19,13 @@ SCENARIOS = [
     ("echo32-d32", "echo, 32 B text, 100 connections, 32 in flight each"),
     ("echo16k-d4", "echo, 16 KiB binary, 100 connections, 4 in flight each"),
     ("broadcast-1k", "broadcast, 32 B text, 1 publisher (8 in flight) to 1,000 subscribers"),
+    ("broadcast-1k-d32", "broadcast, 32 B text, 1 publisher (32 in flight) to 1,000 subscribers"),
     ("idle-10k", "idle, 10,000 connections"),
     ("idle-10k-data", "idle, 10,000 connections, on_open stores a small ws.data (moonwire)"),
     ("idle-max", "idle, as many connections as the server's file limit allows"),
 ]
+# the scenarios that measure throughput (the rest are idle ones)
+LOADED = [sc for sc in SCENARIOS if not sc[0].startswith("idle")]
 SERVERS = ["moonwire", "raw", "gorilla", "node", "nginx"]
 SERVER_NAMES = {
     "moonwire": "moonwire",
@@ -105,6 +108,64 @@ def ratio(a, b):
     return "%.2f" % (a / b)
 
 
+def median_of(data, sc, s, key, cond=lambda r: True):
+    vals = [r.get(key) for r in data.get((sc, s), [])
+            if r.get("verified") and r.get(key) is not None and r.get(key) >= 0 and cond(r)]
+    return statistics.median(vals) if vals else None
+
+
+def per_cpu(data, sc, s):
+    """Throughput per second of server CPU (median over runs): the server's own
+    efficiency, which still compares when the generator bounds the reference."""
+    vals = [throughput(r) / r["server_cpu"] for r in data.get((sc, s), [])
+            if r.get("verified") and throughput(r) and r.get("server_cpu", -1) > 0]
+    return statistics.median(vals) if vals else None
+
+
+def targets(data, meds):
+    """The issue's targets (#4), each a ratio measured in the same run."""
+    md = ["## Targets\n",
+          "The targets of the benchmark issue, each measured in this run. \"per server CPU\" "
+          "divides each side's throughput by its server's CPU share over the window "
+          "(`server_cpu`), so it still compares the servers when the generator, not the "
+          "server, bounded one side (see its idle share below).\n",
+          "| target | measured | per server CPU | met |", "|---|---|---|---|"]
+
+    def row(what, val, goal, cpu=None, fmt="%.2fx", higher=True):
+        if val is None:
+            md.append("| %s | - | - | not measured |" % what)
+            return
+        ok = val >= goal if higher else val <= goal
+        md.append("| %s | %s | %s | %s |" % (what, fmt % val, "-" if cpu is None else "%.2fx" % cpu,
+                                            "yes" if ok else "**no**"))
+
+    def tp_ratio(sc, ref_sc):
+        a, b = meds.get((sc, "moonwire")), meds.get((ref_sc, "raw"))
+        ca, cb = per_cpu(data, sc, "moonwire"), per_cpu(data, ref_sc, "raw")
+        return (a / b if a and b else None), (ca / cb if ca and cb else None)
+
+    for sc, goal, what in (("echo32-d32", 0.9, "echo 32 B, depth 32: moonwire / raw >= 0.9"),
+                           ("echo32-d1", 0.9, "echo 32 B, depth 1: moonwire / raw >= 0.9"),
+                           ("echo16k-d4", 0.9, "echo 16 KiB, depth 4 (bandwidth): moonwire / raw "
+                            ">= 0.9")):
+        r, c = tp_ratio(sc, sc)
+        row(what, r, goal, c)
+    for sc in ("broadcast-1k-d32", "broadcast-1k"):
+        r, c = tp_ratio(sc, "echo32-d32")
+        row("%s deliveries/s / raw echo32-d32 msgs/s >= 0.65" % sc, r, 0.65, c)
+    for sc, goal in (("idle-10k", 512), ("idle-10k-data", 1024)):
+        row("%s: server RSS per idle connection <= %d B" % (sc, goal),
+            median_of(data, sc, "moonwire", "rss_per_conn"), goal, fmt="%.0f B", higher=False)
+    a, b = (median_of(data, sc, "moonwire", "rss_per_conn") for sc in ("idle-max", "idle-10k"))
+    row("idle-max RSS per connection / idle-10k's (flat: <= 1.10)",
+        a / b if a and b else None, 1.10, higher=False)
+    a, b = (median_of(data, sc, "moonwire", "server_us_per_ping") for sc in ("idle-max", "idle-10k"))
+    row("idle-max server CPU per heartbeat / idle-10k's (flat: <= 1.20)",
+        a / b if a and b else None, 1.20, higher=False)
+    md.append("")
+    return md
+
+
 def write_plots(data, srvs, docs, results):
     """Three PNGs through gnuplot; the .dat and .gp files stay in results/."""
     def dat(name, rows, cols):
@@ -116,8 +177,8 @@ def write_plots(data, srvs, docs, results):
         return path
 
     gp = [
-        "set terminal pngcairo size 1400,420 font 'sans,9'" if have_cairo() else
-        "set terminal png size 1400,420",
+        "set terminal pngcairo size 1750,420 font 'sans,9'" if have_cairo() else
+        "set terminal png size 1750,420",
         "set style data histograms",
         "set style histogram errorbars gap 1 lw 1",
         "set style fill solid 0.8 border -1",
@@ -128,9 +189,9 @@ def write_plots(data, srvs, docs, results):
     ]
     # throughput: one panel per scenario, median with min-max error bars
     gp += ["set output '%s'" % os.path.join(docs, "bench-throughput.png"),
-           "set multiplot layout 1,4 title 'Throughput (median, min-max of runs; "
-           "server and generator one CPU each)'"]
-    for sc, _ in SCENARIOS[:4]:
+           "set multiplot layout 1,%d title 'Throughput (median, min-max of runs; "
+           "server and generator one CPU each)'" % len(LOADED)]
+    for sc, _ in LOADED:
         rows = []
         for s in srvs:
             vals = [throughput(r) for r in data.get((sc, s), []) if throughput(r)]
@@ -150,9 +211,9 @@ def write_plots(data, srvs, docs, results):
     gp += ["set output '%s'" % os.path.join(docs, "bench-latency.png"),
            "set style histogram clustered gap 1", "set key top left",
            "set logscale y", "set yrange [*:*]",
-           "set multiplot layout 1,4 title 'Latency percentiles, microseconds (median of runs; "
-           "broadcast: publish to delivery)'"]
-    for sc, _ in SCENARIOS[:4]:
+           "set multiplot layout 1,%d title 'Latency percentiles, microseconds (median of runs; "
+           "broadcast: publish to delivery)'" % len(LOADED)]
+    for sc, _ in LOADED:
         rows = []
         for s in srvs:
             rs = [r for r in data.get((sc, s), []) if r.get("p50_us")]
@@ -232,7 +293,7 @@ def report(a):
     md.append("| scenario | " + " | ".join(srvs) + " |")
     md.append("|---|" + "---|" * len(srvs))
     meds = {}
-    for sc, desc in SCENARIOS[:4]:
+    for sc, desc in LOADED:
         cells = []
         for s in srvs:
             runs = data.get((sc, s), [])
@@ -256,7 +317,7 @@ def report(a):
     others = [s for s in srvs if s != "moonwire" and not s.startswith("moonwire")]
     md.append("| scenario | " + " | ".join("moonwire/" + s for s in others) + " |")
     md.append("|---|" + "---|" * len(others))
-    for sc, _ in SCENARIOS[:4]:
+    for sc, _ in LOADED:
         md.append("| %s | %s |" % (sc, " | ".join(
             ratio(meds.get((sc, "moonwire")), meds.get((sc, s))) for s in others)))
     rss = {}
@@ -274,10 +335,12 @@ def report(a):
                   "ratio; see \"Variants\" below for what each runs):\n")
         md.append("| scenario | " + " | ".join(v + "/moonwire" for v in variants) + " |")
         md.append("|---|" + "---|" * len(variants))
-        for sc, _ in SCENARIOS[:4]:
+        for sc, _ in LOADED:
             md.append("| %s | %s |" % (sc, " | ".join(
                 ratio(meds.get((sc, v)), meds.get((sc, "moonwire"))) for v in variants)))
         md.append("")
+
+    md += targets(data, meds)
 
     # latency
     md.append("## Latency\n")
@@ -287,7 +350,7 @@ def report(a):
               "log-bucket histogram (1.6% resolution).\n")
     md.append("| scenario | " + " | ".join(srvs) + " |")
     md.append("|---|" + "---|" * len(srvs))
-    for sc, _ in SCENARIOS[:4]:
+    for sc, _ in LOADED:
         cells = []
         for s in srvs:
             rs = [r for r in data.get((sc, s), []) if r.get("verified") and r.get("p50_us")]
@@ -311,20 +374,29 @@ def report(a):
               "64 warm-up connections have come and gone, so code and tables touched once "
               "are not counted per connection), then checks that every "
               "connection still echoes one message. Bytes per connection = RSS growth / "
-              "connections; the kernel's socket buffers are not in it.\n")
+              "connections; the kernel's socket buffers are not in it. moonwire holds with "
+              "heartbeats on (`--ping-interval 1`, a ping a second to every connection, each "
+              "answered by the generator): the last two columns are the pings the generator "
+              "answered during the hold and the server's CPU time over the hold per ping, which "
+              "stays flat as the count grows when heartbeat cost is per connection only.\n")
     md.append("| scenario | server | connections open | ramp, connections/s | RSS growth per "
-              "connection, bytes | all answered after the hold |")
-    md.append("|---|---|---|---|---|---|")
+              "connection, bytes | all answered after the hold | heartbeat pings/s | server "
+              "CPU per ping, us |")
+    md.append("|---|---|---|---|---|---|---|---|")
     for sc in ("idle-10k", "idle-10k-data", "idle-max"):
         for s in srvs:
             rs = data.get((sc, s), [])
             if not rs:
                 continue
-            md.append("| %s | %s | %s | %s | %s | %s |" % (
+            pings = [r.get("pings_per_s") for r in rs if r.get("pings")]
+            md.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 sc, s, med_cell([r.get("open") for r in rs])[0],
                 med_cell([r.get("conns_per_s") for r in rs])[0],
                 med_cell([r.get("rss_per_conn") for r in rs if r.get("rss_per_conn", -1) >= 0])[0],
-                "%d of %d runs" % (sum(1 for r in rs if r.get("verified")), len(rs))))
+                "%d of %d runs" % (sum(1 for r in rs if r.get("verified")), len(rs)),
+                med_cell(pings)[0] if pings else "-",
+                med_cell([r.get("server_us_per_ping") for r in rs if r.get("pings")])[0]
+                if pings else "-"))
     md.append("")
 
     # generator
@@ -334,7 +406,7 @@ def report(a):
               "limited the run: the server's number is then a lower bound.\n")
     md.append("| scenario | " + " | ".join(srvs) + " |")
     md.append("|---|" + "---|" * len(srvs))
-    for sc, _ in SCENARIOS[:4]:
+    for sc, _ in LOADED:
         cells = []
         for s in srvs:
             vals = [r.get("gen_idle") for r in data.get((sc, s), []) if r.get("gen_idle") is not None]
@@ -343,6 +415,18 @@ def report(a):
                 continue
             m = statistics.median(vals)
             cells.append("%.0f%%%s" % (100 * m, " **generator-bound**" if m < 0.10 else ""))
+        md.append("| %s | %s |" % (sc, " | ".join(cells)))
+    md.append("")
+    md.append("The server's CPU share over the same window (/proc/PID/stat, user + system; "
+              "100% = one CPU busy; the `workers2` variant can use two), median of the runs. A "
+              "server well below 100% had capacity left.\n")
+    md.append("| scenario | " + " | ".join(srvs) + " |")
+    md.append("|---|" + "---|" * len(srvs))
+    for sc, _ in LOADED:
+        cells = []
+        for s in srvs:
+            m = median_of(data, sc, s, "server_cpu", lambda r: True)
+            cells.append("-" if m is None else "%.0f%%" % (100 * m))
         md.append("| %s | %s |" % (sc, " | ".join(cells)))
     md.append("")
 
