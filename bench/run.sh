@@ -141,16 +141,22 @@ start_server() { # start_server SERVER APP VARIANT SCENARIO
     raw)
         "${pin[@]}" "$out/rawecho" --listen "127.0.0.1:$port" 2>"$SLOG" &
         SPID=$! RSSPID=$SPID ;;
-    gorilla)
-        GOMAXPROCS=1 "${pin[@]}" "$out/gorilla-ref" --listen "127.0.0.1:$port" 2>"$SLOG" &
-        SPID=$! RSSPID=$SPID ;;
-    node)
-        "${pin[@]}" node "$here/refs/node/server.js" --listen "127.0.0.1:$port" 2>"$SLOG" &
+    gorilla | node)
+        # the peers' own TLS and permessage-deflate (see peer_has)
+        local extra=()
+        [ "$variant" = tls ] && extra=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+        [ "$variant" = deflate ] && extra=(--deflate)
+        if [ "$s" = gorilla ]; then
+            GOMAXPROCS=1 "${pin[@]}" "$out/gorilla-ref" --listen "127.0.0.1:$port" "${extra[@]}" 2>"$SLOG" &
+        else
+            "${pin[@]}" node "$here/refs/node/server.js" --listen "127.0.0.1:$port" "${extra[@]}" 2>"$SLOG" &
+        fi
         SPID=$! RSSPID=$SPID ;;
     nginx)
-        local p="$work/nginx"
+        local p="$work/nginx" tls=""
+        [ "$variant" = tls ] && tls=" ssl; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem"
         rm -rf "$p" && mkdir -p "$p/tmp"
-        sed "s#@PREFIX@#$p#g; s#@LISTEN@#127.0.0.1:$port#; s#@LUA_DIR@#$here/refs/nginx#" \
+        sed "s#@PREFIX@#$p#g; s#@LISTEN@#127.0.0.1:$port#; s#@LUA_DIR@#$here/refs/nginx#; s#@TLS@#$tls#" \
             "$here/refs/nginx/nginx.conf" >"$p/nginx.conf"
         "${pin[@]}" nginx -p "$p" -c "$p/nginx.conf" 2>"$SLOG" &
         SPID=$! ;;
@@ -191,6 +197,15 @@ scenario_args() {
     idle-max) echo idle --conns "$max_conns" --procs 2 --src-addrs 16 --hold 3 --quiet ;;
     esac
 }
+# Which peers also run a variant: TLS all three; permessage-deflate gorilla
+# and Node (lua-resty-websocket has no permessage-deflate).
+peer_has() { # peer_has SERVER VARIANT
+    case $2 in
+    tls) [[ $1 == gorilla || $1 == node || $1 == nginx ]] ;;
+    deflate) [[ $1 == gorilla || $1 == node ]] ;;
+    *) return 1 ;;
+    esac
+}
 scenario_app() { case $1 in broadcast-*) echo broadcast ;; *-data) echo echo_data ;; *) echo echo ;; esac; }
 
 plan=()
@@ -199,7 +214,7 @@ for sc in $scenarios; do
         [ "$s" = raw ] && [[ $sc == broadcast-* ]] && continue
         [ "$s" != moonwire ] && [[ $sc == *-data ]] && continue # ws.data is ours
         for v in $variants; do
-            [ "$v" != plain ] && [ "$s" != moonwire ] && continue
+            [ "$v" != plain ] && [ "$s" != moonwire ] && ! peer_has "$s" "$v" && continue
             [ "$v" = broker ] && [[ $sc != broadcast-* ]] && continue
             [[ $v == tls || $v == deflate ]] && [[ $sc == idle-* ]] && continue
             plan+=("$sc $s $v")

@@ -7,6 +7,9 @@
 //	       (websocket.PreparedMessage) and written by each subscriber's
 //	       writer goroutine, as gorilla's chat example does
 //
+// -tls-cert and -tls-key serve TLS; -deflate negotiates permessage-deflate
+// (gorilla supports it without context takeover) and compresses every write.
+//
 // Built offline against Debian's /usr/share/gocode (GOPATH, GO111MODULE=off).
 // Logs "listening on HOST:PORT" on stderr.
 package main
@@ -117,7 +120,11 @@ func pub(w http.ResponseWriter, r *http.Request) {
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "HOST:PORT")
+	cert := flag.String("tls-cert", "", "serve TLS with this certificate (PEM)")
+	key := flag.String("tls-key", "", "the certificate's private key (PEM)")
+	deflate := flag.Bool("deflate", false, "permessage-deflate on every message")
 	flag.Parse()
+	upgrader.EnableCompression = *deflate
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -127,5 +134,9 @@ func main() {
 	http.HandleFunc("/echo", echo)
 	http.HandleFunc("/sub", sub)
 	http.HandleFunc("/pub", pub)
-	fmt.Fprintln(os.Stderr, http.Serve(ln, nil))
+	if *cert != "" {
+		fmt.Fprintln(os.Stderr, http.ServeTLS(ln, nil, *cert, *key))
+	} else {
+		fmt.Fprintln(os.Stderr, http.Serve(ln, nil))
+	}
 }

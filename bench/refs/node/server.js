@@ -2,19 +2,33 @@
 //   /echo  every message comes back with its type
 //   /sub   subscribes to the one topic
 //   /pub   every message is sent to every subscriber
-// Usage: node server.js --listen HOST:PORT. Logs "listening on HOST:PORT".
+// Usage: node server.js --listen HOST:PORT [--tls-cert PEM --tls-key PEM] [--deflate].
+// Logs "listening on HOST:PORT". --deflate: permessage-deflate without context
+// takeover on every message (threshold 0), as moonwire's deflate variant runs.
 'use strict';
+const fs = require('fs');
 const http = require('http');
+const https = require('https');
 const { WebSocketServer } = require('ws');
 
-const arg = process.argv.indexOf('--listen');
-const [host, port] = (arg > 0 ? process.argv[arg + 1] : '127.0.0.1:0').split(':');
+const opt = (name) => {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? process.argv[i + 1] : undefined;
+};
+const [host, port] = (opt('--listen') || '127.0.0.1:0').split(':');
+const cert = opt('--tls-cert');
 
-const server = http.createServer((req, res) => {
+const notFound = (req, res) => {
   res.writeHead(404);
   res.end();
-});
-const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: 16 << 20 });
+};
+const server = cert
+  ? https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(opt('--tls-key')) }, notFound)
+  : http.createServer(notFound);
+const perMessageDeflate = process.argv.includes('--deflate')
+  ? { threshold: 0, serverNoContextTakeover: true, clientNoContextTakeover: true }
+  : false;
+const wss = new WebSocketServer({ server, perMessageDeflate, maxPayload: 16 << 20 });
 const subs = new Set();
 
 wss.on('connection', (ws, req) => {
