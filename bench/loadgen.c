@@ -138,17 +138,27 @@ static double cpu_seconds(int who)
            ru.ru_stime.tv_usec / 1e6;
 }
 
-/* The server's CPU time (user + system), seconds; -1 if unreadable. */
-static double read_cpu_s(int pid)
+/* Reads /proc/PID/NAME into buf (at most cap - 1 bytes, NUL-terminated);
+ * -1 if it cannot be read. */
+static long read_proc(int pid, const char *name, char *buf, size_t cap)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", pid, name);
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    size_t n = fread(buf, 1, cap - 1, f);
     fclose(f);
     buf[n] = 0;
+    return (long)n;
+}
+
+/* The server's CPU time (user + system), seconds; -1 if unreadable. */
+static double read_cpu_s(int pid)
+{
+    char buf[1024];
+    if (read_proc(pid, "stat", buf, sizeof buf) < 0)
+        return -1;
     char *p = strrchr(buf, ')'); /* the command name may hold spaces */
     unsigned long ut = 0, st = 0;
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
@@ -1515,17 +1525,11 @@ static int run_broadcast(void)
 
 static long read_rss_kb(int pid)
 {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
+    char buf[4096];
+    if (read_proc(pid, "status", buf, sizeof buf) < 0)
         return -1;
-    long kb = -1;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
-    fclose(f);
-    return kb;
+    const char *p = strstr(buf, "\nVmRSS:");
+    return p ? strtol(p + 7, NULL, 10) : -1;
 }
 
 /* One idle process: opens its share, reports, holds until the parent closes

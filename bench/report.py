@@ -108,10 +108,19 @@ def ratio(a, b):
     return "%.2f" % (a / b)
 
 
-def median_of(data, sc, s, key, cond=lambda r: True):
+def median_of(data, sc, s, key):
     vals = [r.get(key) for r in data.get((sc, s), [])
-            if r.get("verified") and r.get(key) is not None and r.get(key) >= 0 and cond(r)]
+            if r.get("verified") and r.get(key) is not None and r.get(key) >= 0]
     return statistics.median(vals) if vals else None
+
+
+def loaded_table(srvs, cell):
+    """A table of the loaded scenarios by server, cell(scenario, server) each."""
+    md = ["| scenario | " + " | ".join(srvs) + " |", "|---|" + "---|" * len(srvs)]
+    for sc, _ in LOADED:
+        md.append("| %s | %s |" % (sc, " | ".join(cell(sc, s) for s in srvs)))
+    md.append("")
+    return md
 
 
 def per_cpu(data, sc, s):
@@ -446,31 +455,22 @@ def report(a):
     md.append("The generator's idle share of its CPU over the measured window (getrusage "
               "against wall time), median of the runs. Below 10% the generator, not the server, "
               "limited the run: the server's number is then a lower bound.\n")
-    md.append("| scenario | " + " | ".join(srvs) + " |")
-    md.append("|---|" + "---|" * len(srvs))
-    for sc, _ in LOADED:
-        cells = []
-        for s in srvs:
-            vals = [r.get("gen_idle") for r in data.get((sc, s), []) if r.get("gen_idle") is not None]
-            if not vals:
-                cells.append("-")
-                continue
-            m = statistics.median(vals)
-            cells.append("%.0f%%%s" % (100 * m, " **generator-bound**" if m < 0.10 else ""))
-        md.append("| %s | %s |" % (sc, " | ".join(cells)))
-    md.append("")
+    def gen_cell(sc, s):
+        vals = [r.get("gen_idle") for r in data.get((sc, s), []) if r.get("gen_idle") is not None]
+        if not vals:
+            return "-"
+        m = statistics.median(vals)
+        return "%.0f%%%s" % (100 * m, " **generator-bound**" if m < 0.10 else "")
+
+    def server_cell(sc, s):
+        m = median_of(data, sc, s, "server_cpu")
+        return "-" if m is None else "%.0f%%" % (100 * m)
+
+    md += loaded_table(srvs, gen_cell)
     md.append("The server's CPU share over the same window (/proc/PID/stat, user + system; "
               "100% = one CPU busy; the `workers2` variant can use two), median of the runs. A "
               "server well below 100% had capacity left.\n")
-    md.append("| scenario | " + " | ".join(srvs) + " |")
-    md.append("|---|" + "---|" * len(srvs))
-    for sc, _ in LOADED:
-        cells = []
-        for s in srvs:
-            m = median_of(data, sc, s, "server_cpu", lambda r: True)
-            cells.append("-" if m is None else "%.0f%%" % (100 * m))
-        md.append("| %s | %s |" % (sc, " | ".join(cells)))
-    md.append("")
+    md += loaded_table(srvs, server_cell)
 
     md.append("## Plots\n")
     md.append("![throughput](bench-throughput.png)\n")
