@@ -61,6 +61,7 @@ typedef struct mw_ws_parser {
     uint8_t msg_opcode;  /* TEXT or BINARY while a message is in progress, else 0 */
     uint8_t msg_rsv1;    /* RSV1 of the first frame of the message in progress */
     uint8_t msg_started; /* 1 once the first chunk of the current message was emitted */
+    uint8_t msg_text;    /* 1: uncompressed text, its UTF-8 checked chunk by chunk */
 } mw_ws_parser_t;
 
 enum {
