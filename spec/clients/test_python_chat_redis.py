@@ -56,6 +56,9 @@ class ChatRedisTest(MoonwireCase):
         b = self.start_server(APP, "--workers", "2", env=self.env)
         ann, w1 = await self.join(a, "ann")
         self.assertEqual(["ann"], w1["members"])
+        # the broker subscribes asynchronously: a publish before A's SUBSCRIBE
+        # reached Redis would not reach ann (at most once, as documented)
+        await self.wait_followed(1)
         bob, w2 = await self.join(b, "bob")
         self.assertEqual(["ann", "bob"], w2["members"], "bob sees ann, who is on another process")
         joined = await self.next_of(ann, "join")

@@ -259,7 +259,7 @@ class TriggerTests(ReloadCase):
         body = await self.reload_admin()
         self.assertEqual(body, {"ok": True, "reloads": 1})
         self.assertEqual(await self.ask(ws, "x"), "v2 h1 B x")
-        self.assertEqual(self.log_count(r"reloaded .*app\.lua \(admin request\)"), 1)
+        await self.wait_log_count(r"reloaded .*app\.lua \(admin request\)", 1, 3)
         self.write("app.lua", app_source("v3"))
         self.assertEqual(await self.reload_admin(), {"ok": True, "reloads": 2})
         self.assertEqual(await self.ask(ws, "y"), "v3 h1 B y")
@@ -340,6 +340,9 @@ class WatchTests(ReloadCase):
         self.start(admin=False, watch=True)
         took = await self.time_to_new_behaviour(self.write)
         self.assertLess(took, 1.0, "first v2 reply %.3f s after the save" % took)
+        # the log line may still be in the pipe when the new code answers
+        await self.wait_log_count(r"reloaded .*\(--watch\)", 1, 3)
+        await asyncio.sleep(0.2)
         self.assertEqual(self.log_count(r"reloaded .*\(--watch\)"), 1)
 
     async def test_editor_save_temp_file_and_rename_within_one_second(self):
