@@ -25,7 +25,7 @@ const APPS = path.join(__dirname, '..', 'apps');
 const SPEC_APPS = path.join(__dirname, '..', '..', 'apps'); // shared with the busted specs
 const UPGRADE_APP = path.join(SPEC_APPS, 'upgrade.lua');
 const PUBSUB_APP = path.join(APPS, 'app_pubsub.lua');
-const HTTP_APP = path.join(APPS, 'app_http.lua');
+const HTTP_APP = path.join(SPEC_APPS, 'http.lua');
 const T = 10000;
 
 // Stops a suite's server; fails if it crashed, needed SIGKILL or a sanitizer spoke.
@@ -271,8 +271,8 @@ describe('plain HTTP', () => {
     assert.equal(b.headers['x-body-length'], '1000');
     assert.equal(b.reusedSocket, true, 'second request did not reuse the connection');
     assert.equal(b.localPort, a.localPort);
-    const c = await request(server, agent, 'GET', '/users/7');
-    assert.equal(c.body, 'user 7');
+    const c = await request(server, agent, 'GET', '/users/7/posts/8');
+    assert.equal(c.body, 'user=7 post=8');
     assert.equal(c.reusedSocket, true);
     const d = await request(server, agent, 'POST', '/echo', over);
     assert.equal(d.status, 413);
