@@ -3,23 +3,15 @@
 
 local server = require "spec.support.server"
 local ws = require "spec.support.ws"
+local http = require "spec.support.http"
 local probe = require "spec.support.probe"
 local socket = require "socket"
 
 local APP = "spec/apps/upgrade.lua"
 local now = socket.gettime
 
--- One plain HTTP GET on a fresh connection; returns the response.
-local function http_get(srv, path)
-  local c = assert(ws.connect(srv))
-  assert(c:send_raw("GET " .. path .. " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
-  local res = assert(c:read_response(3))
-  c:close_tcp()
-  return res
-end
-
 local function hook_runs(srv, route)
-  return tonumber(http_get(srv, "/hook_runs?route=" .. route).body)
+  return tonumber(http.get(srv, "/hook_runs?route=" .. route).body)
 end
 
 -- Sends an upgrade request for `path` and returns the response (a refusal or a 101).

@@ -226,39 +226,31 @@ describe("discipline", function()
       obs = probe.observer(srv)
     end)
 
-    it("runs on_close once with 1006 after a TCP reset", function()
-      local c = probe.open(srv)
-      c:reset()
-      local code, reason = one_close(obs, c.id)
-      assert.are.equal(1006, code)
-      assert.are.equal("", reason)
-    end)
-
-    it("runs on_close once with 1006 after a TCP close without a close frame", function()
-      local c = probe.open(srv)
-      c:close_tcp()
-      local code = one_close(obs, c.id)
-      assert.are.equal(1006, code)
-    end)
-
-    it("runs on_close once with 1006 when the client vanishes in the middle of a frame", function()
-      local c = probe.open(srv)
-      local frame = ws.frame({ opcode = 1, payload = string.rep("x", 1000) })
-      c:send_raw(frame:sub(1, 500))
-      socket.sleep(0.05)
-      c:reset()
-      local code = one_close(obs, c.id)
-      assert.are.equal(1006, code)
-    end)
-
-    it("runs on_close once with 1006 when the client vanishes in a fragmented message", function()
-      local c = probe.open(srv)
-      c:send_frame({ opcode = 1, fin = false, payload = "part" })
-      socket.sleep(0.05)
-      c:close_tcp()
-      local code = one_close(obs, c.id)
-      assert.are.equal(1006, code)
-    end)
+    -- Ways a client vanishes without a close frame: each gives one on_close, 1006, no reason.
+    local vanishings = {
+      { "after a TCP reset", function(c) c:reset() end },
+      { "after a TCP close without a close frame", function(c) c:close_tcp() end },
+      { "when the client vanishes in the middle of a frame", function(c)
+        c:send_raw(ws.frame({ opcode = 1, payload = string.rep("x", 1000) }):sub(1, 500))
+        socket.sleep(0.05)
+        c:reset()
+      end },
+      { "when the client vanishes in a fragmented message", function(c)
+        c:send_frame({ opcode = 1, fin = false, payload = "part" })
+        socket.sleep(0.05)
+        c:close_tcp()
+      end },
+    }
+    for _, case in ipairs(vanishings) do
+      local how, vanish = case[1], case[2]
+      it("runs on_close once with 1006 " .. how, function()
+        local c = probe.open(srv)
+        vanish(c)
+        local code, reason = one_close(obs, c.id)
+        assert.are.equal(1006, code)
+        assert.are.equal("", reason)
+      end)
+    end
 
     it("runs on_close once with 1006 when the client vanishes while its handler sleeps", function()
       local c = probe.open(srv)

@@ -36,6 +36,16 @@ describe("handshake", function()
     return c, res, err
   end
 
+  -- Sends the request text `build(key)` as it is and expects a 101 whose accept
+  -- key answers `key`. Returns the client.
+  local function accepted_raw(build)
+    local key = ws.new_key()
+    local c, res, err = try("/probe", { raw = build(key) })
+    res.key = key
+    assert(ws.check_101(res), err)
+    return c
+  end
+
   describe("valid upgrade", function()
     it("answers 101 with Upgrade, Connection and a correct Sec-WebSocket-Accept", function()
       local c, res, err = try("/probe")
@@ -109,12 +119,10 @@ describe("handshake", function()
     end
 
     it("treats header names and the Upgrade value case-insensitively", function()
-      local key = ws.new_key()
-      local raw = "GET /probe HTTP/1.1\r\nhOsT: 127.0.0.1\r\nUPGRADE: WebSocket\r\nconnection: upgrade\r\n"
-        .. "SEC-WEBSOCKET-KEY: " .. key .. "\r\nsec-websocket-version: 13\r\n\r\n"
-      local c, res, err = try("/probe", { raw = raw })
-      res.key = key
-      assert(ws.check_101(res), err)
+      local c = accepted_raw(function(key)
+        return "GET /probe HTTP/1.1\r\nhOsT: 127.0.0.1\r\nUPGRADE: WebSocket\r\nconnection: upgrade\r\n"
+          .. "SEC-WEBSOCKET-KEY: " .. key .. "\r\nsec-websocket-version: 13\r\n\r\n"
+      end)
       c:send_text("ci")
       c:expect_text("ci")
       c:close_tcp()
@@ -143,12 +151,10 @@ describe("handshake", function()
     end
 
     it("accepts Connection: Upgrade when another Connection line comes first", function()
-      local key = ws.new_key()
-      local raw = "GET /probe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\nUpgrade: websocket\r\n"
-        .. "Connection: Upgrade\r\nSec-WebSocket-Key: " .. key .. "\r\nSec-WebSocket-Version: 13\r\n\r\n"
-      local c, res, err = try("/probe", { raw = raw })
-      res.key = key
-      assert(ws.check_101(res), err)
+      local c = accepted_raw(function(key)
+        return "GET /probe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\nUpgrade: websocket\r\n"
+          .. "Connection: Upgrade\r\nSec-WebSocket-Key: " .. key .. "\r\nSec-WebSocket-Version: 13\r\n\r\n"
+      end)
       c:close_tcp()
     end)
 
@@ -179,12 +185,10 @@ describe("handshake", function()
     end)
 
     it("accepts optional whitespace around header values", function()
-      local key = ws.new_key()
-      local raw = "GET /probe HTTP/1.1\r\nHost:127.0.0.1\r\nUpgrade: \t websocket \t\r\n"
-        .. "Connection:Upgrade\r\nSec-WebSocket-Key:  " .. key .. "  \r\nSec-WebSocket-Version: 13\r\n\r\n"
-      local c, res, err = try("/probe", { raw = raw })
-      res.key = key
-      assert(ws.check_101(res), err)
+      local c = accepted_raw(function(key)
+        return "GET /probe HTTP/1.1\r\nHost:127.0.0.1\r\nUpgrade: \t websocket \t\r\n"
+          .. "Connection:Upgrade\r\nSec-WebSocket-Key:  " .. key .. "  \r\nSec-WebSocket-Version: 13\r\n\r\n"
+      end)
       c:close_tcp()
     end)
   end)

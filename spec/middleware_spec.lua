@@ -7,6 +7,7 @@
 
 local server = require "spec.support.server"
 local ws = require "spec.support.ws"
+local http = require "spec.support.http"
 local socket = require "socket"
 local signal = require "posix.signal"
 local stdlib = require "posix.stdlib"
@@ -16,14 +17,6 @@ local dirent = require "posix.dirent"
 local APP = "spec/apps/middleware.lua"
 local now = socket.gettime
 
-local function http_get(srv, path)
-  local c = assert(ws.connect(srv))
-  assert(c:send_raw("GET " .. path .. " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
-  local res = assert(c:read_response(3))
-  c:close_tcp()
-  return res
-end
-
 -- "k=v;k=v" -> table
 local function parse(s)
   local t = {}
@@ -32,7 +25,7 @@ local function parse(s)
 end
 
 local function runs(srv)
-  local t = parse(http_get(srv, "/runs").body)
+  local t = parse(http.get(srv, "/runs").body)
   for k, v in pairs(t) do t[k] = tonumber(v) end
   return t
 end
@@ -105,7 +98,7 @@ describe("app:use middleware", function()
 
     it("does not run for plain HTTP requests", function()
       local before = runs(srv)
-      for _ = 1, 3 do http_get(srv, "/runs") end
+      for _ = 1, 3 do http.get(srv, "/runs") end
       assert.are.same({ m1 = 0, m2 = 0, m3 = 0, hook = 0 }, delta(before, runs(srv)))
     end)
 
@@ -124,7 +117,7 @@ describe("app:use middleware", function()
       assert.are.equal("yes", first.shared)
       local second, c2 = data_of(srv, "/a?shared=1")
       assert.is_nil(second.name, "ws.data of the second connection has the first one's name")
-      assert.are.equal("shared=yes", http_get(srv, "/shared").body,
+      assert.are.equal("shared=yes", http.get(srv, "/shared").body,
         "the middleware's own table was modified")
       c1:close_handshake(1000)
       c2:close_handshake(1000)

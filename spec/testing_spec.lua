@@ -12,13 +12,20 @@ local ORDER = "spec/apps/testing_order.lua"
 local TIMERS = "spec/apps/testing_timers.lua"
 local T0 = 1700000000 -- the kit's default start time
 
--- Writes a temporary app file; returns its path.
-local function temp_app(src)
-  local path = os.tmpname() .. "_app.lua"
-  local f = assert(io.open(path, "w"))
-  f:write(src)
-  f:close()
-  return path
+-- Loads `app`, which must fail, and returns the error. `app` is a function, or the
+-- source of an app file (written to a temporary "*_app.lua" file, removed afterwards).
+local function load_error(app)
+  local path
+  if type(app) == "string" then
+    path = os.tmpname() .. "_app.lua"
+    local f = assert(io.open(path, "w"))
+    f:write(app)
+    f:close()
+  end
+  local ok, err = pcall(testing.load, path or app)
+  if path then os.remove(path) end
+  assert.is_false(ok, "the app loaded")
+  return err
 end
 
 describe("moonwire.testing", function()
@@ -78,54 +85,40 @@ describe("moonwire.testing", function()
     end)
 
     it("raises the app's own error with its file and line", function()
-      local path = temp_app("local x = 1\nlocal y = = 2\nreturn x\n")
-      local ok, err = pcall(testing.load, path)
-      os.remove(path)
-      assert.is_false(ok)
-      assert.matches("_app.lua:2:", err, 1, true)
+      assert.matches("_app.lua:2:", load_error("local x = 1\nlocal y = = 2\nreturn x\n"), 1, true)
       assert.is_nil(package.loaded["moonwire"])
 
-      path = temp_app("local moonwire = require 'moonwire'\nlocal app = moonwire.app {}\n"
+      local err = load_error("local moonwire = require 'moonwire'\nlocal app = moonwire.app {}\n"
         .. "app:websocket('/x', { on_mesage = function() end })\nreturn app\n")
-      ok, err = pcall(testing.load, path)
-      os.remove(path)
-      assert.is_false(ok)
       assert.matches("_app.lua:3: unknown websocket route option 'on_mesage' (did you mean 'on_message'?)",
         err, 1, true)
     end)
 
     it("refuses a file that returns no app", function()
-      local path = temp_app("return 42\n")
-      local ok, err = pcall(testing.load, path)
-      os.remove(path)
-      assert.is_false(ok)
-      assert.matches("did not return an app", err, 1, true)
+      assert.matches("did not return an app", load_error("return 42\n"), 1, true)
       assert.has_error(function() testing.load(42) end)
     end)
 
     it("says that outbound sockets need the real server", function()
-      local ok, err = pcall(testing.load, function()
+      local err = load_error(function()
         local moonwire = require "moonwire"
         moonwire.tcp()
       end)
-      assert.is_false(ok)
       assert.matches("moonwire.tcp is not available in moonwire.testing", err, 1, true)
     end)
 
     it("rejects what the server rejects while the app file loads", function()
-      local ok, err = pcall(testing.load, function()
+      local err = load_error(function()
         local moonwire = require "moonwire"
         moonwire.sleep(1)
       end)
-      assert.is_false(ok)
       assert.matches("moonwire.sleep can only be called inside a handler", err, 1, true)
-      ok, err = pcall(testing.load, function()
+      err = load_error(function()
         local moonwire = require "moonwire"
         local app = moonwire.app {}
         app:publish("t", "x")
         return app
       end)
-      assert.is_false(ok)
       assert.matches("app:publish works only while the server runs", err, 1, true)
     end)
 

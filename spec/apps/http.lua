@@ -1,4 +1,6 @@
--- Test app for spec/app_http_spec.lua: plain HTTP routes and static files.
+-- Test app for plain HTTP routes and static files. Three suites drive it:
+-- spec/app_http_spec.lua (busted), spec/clients/test_python_app_layer.py and
+-- spec/clients/node/test_node_app_layer.js (both start it with --max-body-size 1000).
 -- The static directory comes from the environment (MW_STATIC_DIR, an absolute
 -- path the spec fills with files); without it no static route is added.
 

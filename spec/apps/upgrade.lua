@@ -1,10 +1,14 @@
--- Test app for spec/app_upgrade_spec.lua: upgrade hooks, subprotocols, the origin
--- policy and route parameters.
+-- Test app for the upgrade hook, subprotocols, the origin policy and route
+-- parameters. Three suites drive it: spec/app_upgrade_spec.lua (busted, raw
+-- client), spec/clients/test_python_app_layer.py (python3-websockets, raw
+-- sockets) and spec/clients/node/test_node_app_layer.js (Node's ws).
 --
--- Every hook counts its runs per route (hook_runs[route]); GET /hook_runs?route=R
--- answers that count, so a spec can prove that a hook did (or did not) run.
--- Routes whose connections open send one text line describing what they got
--- (a Lua table literal where noted), so the spec reads the result from the wire.
+-- Every hook counts its runs per route (hook_runs[route]) and logs
+-- "HOOK RAN <route> tag=<X-Tag header>": GET /hook_runs?route=R answers the
+-- count, the log line names the request, so a test can prove that a hook did
+-- (or did not) run. Routes whose connections open send one text line describing
+-- what they got (a Lua table literal where noted), so a test reads the result
+-- from the wire. Routes that must never open log "MUST NOT OPEN <path>" if they do.
 
 local moonwire = require "moonwire"
 
@@ -14,6 +18,12 @@ local hook_runs = {}   -- route pattern -> number of hook runs
 
 local function count(req)
   hook_runs[req.route] = (hook_runs[req.route] or 0) + 1
+  moonwire.log.info("HOOK RAN " .. tostring(req.route) .. " tag=" .. tostring(req.headers["x-tag"]))
+end
+
+local function must_not_open(ws)
+  moonwire.log.info("MUST NOT OPEN " .. ws.path)
+  ws:send("must not open")
 end
 
 -- Serializes plain data as a Lua literal with sorted keys (the spec loads it back).
@@ -38,7 +48,7 @@ end)
 -- Refusals ------------------------------------------------------------------
 app:websocket("/refuse_status", {
   upgrade = function(req) count(req); return 401 end,
-  on_open = function(ws) ws:send("must not open") end,
+  on_open = must_not_open,
 })
 
 app:websocket("/refuse_full", {
@@ -47,12 +57,12 @@ app:websocket("/refuse_full", {
     return 429, "slow down " .. tostring(req.query.who) .. "\n",
       { ["Retry-After"] = "7", ["X-Why"] = "rate limited" }
   end,
-  on_open = function(ws) ws:send("must not open") end,
+  on_open = must_not_open,
 })
 
 app:websocket("/refuse_false", {
   upgrade = function(req) count(req); return false end,
-  on_open = function(ws) ws:send("must not open") end,
+  on_open = must_not_open,
 })
 
 app:websocket("/accept_true", {
@@ -78,8 +88,10 @@ app:websocket("/accept_table", {
   end,
 })
 
--- What the hook sees, handed over through ws.data.
+-- What the hook sees, handed over through ws.data. Any origin, so a test can
+-- send one and read it back.
 app:websocket("/inspect/:id", {
+  origins = "*",
   upgrade = function(req)
     count(req)
     return {
@@ -123,7 +135,7 @@ app:websocket("/hook_error", {
     count(req)
     error("upgrade hook boom") -- HOOK_ERROR_LINE
   end,
-  on_open = function(ws) ws:send("must not open") end,
+  on_open = must_not_open,
 })
 
 app:websocket("/bad_protocol", {
@@ -131,7 +143,7 @@ app:websocket("/bad_protocol", {
     count(req)
     req.protocol = "never.offered"
   end,
-  on_open = function(ws) ws:send("must not open") end,
+  on_open = must_not_open,
 })
 
 app:websocket("/response_headers", {

@@ -10,8 +10,9 @@ files, as documented for issue 3 (the application-layer API).
 
 Every test starts its own moonwire process (``--listen 127.0.0.1:0``) and
 stops it in cleanup; a server that died during a test, or a sanitizer report
-in its log, fails that test. Test apps: spec/clients/apps/app_*.lua (the
-static-file app is generated in a temporary directory).
+in its log, fails that test. Test apps: spec/apps/upgrade.lua and spec/apps/http.lua
+(shared with the busted specs), spec/clients/apps/app_*.lua (the static-file app
+is generated in a temporary directory).
 """
 
 import asyncio
@@ -47,11 +48,12 @@ import mwserver
 from test_python_websockets import MoonwireCase  # server lifecycle, log dumps, sanitizer check
 
 APPS = os.path.join(mwserver.clients_dir(), "apps")
-UPGRADE_APP = os.path.join(APPS, "app_upgrade.lua")
+SPEC_APPS = os.path.join(os.path.dirname(mwserver.clients_dir()), "apps")
+UPGRADE_APP = os.path.join(SPEC_APPS, "upgrade.lua")
 PUBSUB_APP = os.path.join(APPS, "app_pubsub.lua")
 TIMERS_APP = os.path.join(APPS, "app_timers.lua")
 BACKPRESSURE_APP = os.path.join(APPS, "app_backpressure.lua")
-HTTP_APP = os.path.join(APPS, "app_http.lua")
+HTTP_APP = os.path.join(SPEC_APPS, "http.lua")
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -319,22 +321,22 @@ class UpgradeHookTests(AppCase):
     app = UPGRADE_APP
 
     async def test_refuse_with_status_only(self):
-        c, resp = self.upgrade("/refuse401", headers=[("X-Tag", "r401")])
+        c, resp = self.upgrade("/refuse_status", headers=[("X-Tag", "r401")])
         self.assertEqual(resp.version + " " + str(resp.status), "HTTP/1.1 401")
         self.assert_refused(resp, c, 401)
-        self.assertIsNotNone(await self.wait_log(r"HOOK RAN /refuse401 tag=r401"))
+        self.assertIsNotNone(await self.wait_log(r"HOOK RAN /refuse_status tag=r401"))
         # an independent client sees the same
         with self.assertRaises(InvalidStatusCode) as cm:
-            await websockets.connect(self.url("/refuse401"), open_timeout=T)
+            await websockets.connect(self.url("/refuse_status"), open_timeout=T)
         self.assertEqual(cm.exception.status_code, 401)
-        self.assert_no_log(r"should never open")
+        self.assert_no_log(r"MUST NOT OPEN")
 
     async def test_refuse_with_body_and_headers(self):
-        c, resp = self.upgrade("/refuse_body?who=bob")
+        c, resp = self.upgrade("/refuse_full?who=bob")
         self.assertTrue(resp.raw_head.startswith(b"HTTP/1.1 429 "), resp.raw_head[:40])
-        self.assertEqual(resp.body, b"slow down, bob")
+        self.assertEqual(resp.body, b"slow down bob\n")
         self.assertEqual(resp.header("Retry-After"), "7")
-        self.assertEqual(resp.header("X-Why"), "rate-limited")
+        self.assertEqual(resp.header("X-Why"), "rate limited")
         self.assert_refused(resp, c, 429)
 
     async def test_false_refuses_403(self):
@@ -345,36 +347,39 @@ class UpgradeHookTests(AppCase):
         self.assertEqual(cm.exception.status_code, 403)
 
     async def test_accept_with_table_becomes_ws_data(self):
+        # the app sends ws.data as a Lua table literal with sorted keys
         ws = await self.connect("/accept_table?user=alice")
-        self.assertEqual(await self.recv(ws), "n=42;user=alice")
+        self.assertEqual(await self.recv(ws), '{["n"]=42,["user"]="alice"}')
         await ws.send("hi")
-        self.assertEqual(await self.recv(ws), "last=hi;n=42;user=alice")
+        self.assertEqual(await self.recv(ws), '{["last"]="hi",["n"]=42,["user"]="alice"}')
         # ws.data is per connection
         ws2 = await self.connect("/accept_table?user=carol")
-        self.assertEqual(await self.recv(ws2), "n=42;user=carol")
+        self.assertEqual(await self.recv(ws2), '{["n"]=42,["user"]="carol"}')
         await ws.send("again")
-        self.assertEqual(await self.recv(ws), "last=again;n=42;user=alice")
+        self.assertEqual(await self.recv(ws), '{["last"]="again",["n"]=42,["user"]="alice"}')
 
     async def test_hook_sees_the_request(self):
         ws = await self.connect("/inspect/it%20em?q=a%20b", subprotocols=["x.one", "x.two"],
                                 origin="http://elsewhere.example", extra_headers={"X-Tag": "insp"})
         self.assertIsNone(ws.subprotocol)  # the route has no `protocols`
-        fields = dict(kv.split("=", 1) for kv in (await self.recv(ws)).split(";"))
-        self.assertEqual(fields.get("method"), "GET")
-        self.assertTrue(fields.get("path", "").startswith("/inspect/it"), fields)
-        self.assertEqual(fields.get("route"), "/inspect/:id")
-        self.assertEqual(fields.get("id"), "it em")
-        self.assertEqual(fields.get("q"), "a b")
-        self.assertEqual(fields.get("qs"), "q=a%20b")
-        self.assertEqual(fields.get("origin"), "http://elsewhere.example")
-        self.assertEqual(fields.get("offered"), "x.one,x.two")
-        self.assertEqual(fields.get("xtag"), "insp")
-        self.assertEqual(fields.get("addr"), "127.0.0.1")
-        self.assertEqual(fields.get("port_is_number"), "true")
+        # one Lua table literal with sorted keys: every field, in order
+        self.assertEqual(await self.recv(ws), "{" + ",".join([
+            '["method"]="GET"',
+            '["origin"]="http://elsewhere.example"',
+            '["params"]={["id"]="it em"}',
+            '["path"]="/inspect/it%20em"',
+            '["protocols"]={[1]="x.one",[2]="x.two"}',
+            '["query"]={["q"]="a b"}',
+            '["query_string"]="q=a%20b"',
+            '["remote_addr"]="127.0.0.1"',
+            '["remote_port"]=%d' % ws.local_address[1],
+            '["route"]="/inspect/:id"',
+            '["xtag"]="insp"',
+        ]) + "}")
 
     async def test_sleeping_hook_does_not_block_other_clients(self):
         t0 = time.monotonic()
-        slow = asyncio.ensure_future(self.connect("/slowhook"))
+        slow = asyncio.ensure_future(self.connect("/slow_hook?sleep=0.3"))
         await asyncio.sleep(0.05)
         self.assertFalse(slow.done(), "the sleeping hook answered at once")
         ws = await self.connect("/fast")
@@ -384,35 +389,35 @@ class UpgradeHookTests(AppCase):
         self.assertLess(fast_done, 0.25)
         sws = await asyncio.wait_for(slow, T)
         msg = await self.recv(sws)
-        self.assertTrue(msg.startswith("slowhook open 0.3"), msg)
+        self.assertTrue(msg.startswith("open after 0.3"), msg)
         self.assertGreaterEqual(time.monotonic() - t0, 0.29)
 
     async def test_frames_sent_with_the_request_wait_for_the_sleeping_hook(self):
         c = self.raw()
         early = b"".join(client_frame(0x1, b"early %d" % i) for i in range(3))
         early += client_frame(0x2, b"\x00\x01bin")
-        c.send(ws_request("/slowhook", self.server.port) + early)
+        c.send(ws_request("/slow_hook?sleep=0.3", self.server.port) + early)
         resp = c.read_response()
         self.assertEqual(resp.status, 101)
         op, msg = c.read_message()
-        self.assertTrue(msg.startswith(b"slowhook open 0.3"), msg)
+        self.assertTrue(msg.startswith(b"open after 0.3"), msg)
         self.assertEqual([c.read_message() for _ in range(4)],
                          [(0x1, b"early 0"), (0x1, b"early 1"), (0x1, b"early 2"), (0x2, b"\x00\x01bin")])
         # refused: the early frames are never handled
         c2 = self.raw()
-        c2.send(ws_request("/refuse401", self.server.port) + early)
+        c2.send(ws_request("/refuse_status", self.server.port) + early)
         r2 = c2.read_response()
         self.assert_refused(r2, c2, 401)
 
     async def test_client_leaves_while_hook_sleeps(self):
         for i in range(5):
             c = self.raw()
-            c.send(ws_request("/slowhook", self.server.port, headers=[("X-Tag", "gone%d" % i)]))
+            c.send(ws_request("/slow_hook?sleep=0.3", self.server.port, headers=[("X-Tag", "gone%d" % i)]))
             await asyncio.sleep(0.02)
             if i % 2:
                 c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
             c.close()
-        self.assertIsNotNone(await self.wait_log(r"HOOK RAN /slowhook tag=gone4"))
+        self.assertIsNotNone(await self.wait_log(r"HOOK RAN /slow_hook tag=gone4"))
         await asyncio.sleep(0.5)  # every hook has woken up by now
         ws = await self.connect("/fast")
         await self.assert_echo(ws, "still serving")
@@ -421,56 +426,56 @@ class UpgradeHookTests(AppCase):
     async def test_hook_slower_than_handshake_timeout_is_408(self):
         srv = self.start_server(UPGRADE_APP, "--handshake-timeout", "0.5")
         t0 = time.monotonic()
-        c, resp = self.upgrade("/veryslowhook", srv=srv)
+        c, resp = self.upgrade("/very_slow_hook", srv=srv)
         took = time.monotonic() - t0
         self.assertEqual(resp.status, 408, repr(resp))
         self.assertTrue(c.at_eof(3))
         self.assertGreater(took, 0.4)
         self.assertLess(took, 1.15, "408 only after the hook finished")
         # the hook wakes up later: nothing opens, nothing breaks
-        self.assertIsNotNone(await self.wait_log(r"VERYSLOW WOKE", srv=srv))
+        self.assertIsNotNone(await self.wait_log(r"VERY SLOW HOOK WOKE", srv=srv))
         await asyncio.sleep(0.1)
-        self.assertNotIn("should never open", srv.log())
+        self.assertNotIn("VERY SLOW HOOK OPENED", srv.log())
         ws = await self.connect("/fast", srv=srv)
         await self.assert_echo(ws, "after the 408")
 
     async def test_hook_error_is_500_and_logged_with_file_and_line(self):
-        c, resp = self.upgrade("/hookerror")
+        c, resp = self.upgrade("/hook_error")
         self.assert_refused(resp, c, 500)
         self.assertIn(b"upgrade hook failed", resp.body)
-        line = app_line(UPGRADE_APP, 'error("hook exploded on purpose")')
+        line = app_line(UPGRADE_APP, "HOOK_ERROR_LINE")
         self.assertIsNotNone(
-            await self.wait_log(r"app_upgrade\.lua:%d:.*hook exploded on purpose" % line),
-            "hook error not logged with app_upgrade.lua:%d" % line)
+            await self.wait_log(r"upgrade\.lua:%d:.*upgrade hook boom" % line),
+            "hook error not logged with upgrade.lua:%d" % line)
         # the server goes on
         ws = await self.connect("/fast")
         await self.assert_echo(ws, "after hook error")
-        self.assert_no_log(r"should never open")
+        self.assert_no_log(r"MUST NOT OPEN")
 
     async def test_hook_setting_unoffered_protocol_is_500(self):
         for offered in ([("Sec-WebSocket-Protocol", "a, b")], []):
             with self.subTest(offered=offered):
-                c, resp = self.upgrade("/badproto", headers=offered)
+                c, resp = self.upgrade("/bad_protocol", headers=offered)
                 self.assert_refused(resp, c, 500)
                 self.assertIsNone(resp.header("Sec-WebSocket-Protocol"))
-        self.assertIsNotNone(await self.wait_log(r"ERROR.*never-offered"),
+        self.assertIsNotNone(await self.wait_log(r"ERROR.*never\.offered"),
                              "the refused protocol was not logged")
-        self.assert_no_log(r"should never open")
+        self.assert_no_log(r"MUST NOT OPEN")
 
     async def test_response_headers_appear_on_101(self):
-        c, resp = self.upgrade("/respheaders")
+        c, resp = self.upgrade("/response_headers")
         self.assertEqual(resp.status, 101)
         self.assertEqual(resp.header("X-Hello"), "world")
-        self.assertEqual(resp.header("X-Route"), "/respheaders")
+        self.assertEqual(resp.header("X-Route"), "/response_headers")
         self.assertEqual(c.read_message(), (0x1, b"open"))
-        ws = await self.connect("/respheaders")
+        ws = await self.connect("/response_headers")
         self.assertEqual(ws.response_headers.get("X-Hello"), "world")
         self.assertEqual(await self.recv(ws), "open")
 
     async def test_refusals_leave_no_connection_behind(self):
         # many refused upgrades, then normal service
         for i in range(50):
-            c, resp = self.upgrade(["/refuse401", "/refuse_false", "/hookerror", "/refuse_body"][i % 4])
+            c, resp = self.upgrade(["/refuse_status", "/refuse_false", "/hook_error", "/refuse_full"][i % 4])
             self.assertIn(resp.status, (401, 403, 500, 429))
             c.close()
         ws = await self.connect("/fast")
@@ -512,16 +517,16 @@ class SubprotocolTests(AppCase):
         self.assertIsNone(ws.subprotocol)
 
     async def test_hook_overrides_protocol(self):
-        ws = await self.connect("/proto_override", subprotocols=["chat.v2", "chat.v1"])
+        ws = await self.connect("/proto_hook", subprotocols=["chat.v2", "chat.v1"])
         self.assertEqual(ws.subprotocol, "chat.v1")
         # the hook saw the route's preselection before changing it
-        self.assertEqual(await self.recv(ws), "preselected_was=chat.v2")
-        ws2 = await self.connect("/proto_override", subprotocols=["chat.v2"])
+        self.assertEqual(await self.recv(ws), "preselected=chat.v2")
+        ws2 = await self.connect("/proto_hook", subprotocols=["chat.v2"])
         self.assertEqual(ws2.subprotocol, "chat.v2")
-        self.assertEqual(await self.recv(ws2), "preselected_was=chat.v2")
-        ws3 = await self.connect("/proto_override")
+        self.assertEqual(await self.recv(ws2), "preselected=chat.v2")
+        ws3 = await self.connect("/proto_hook")
         self.assertIsNone(ws3.subprotocol)
-        self.assertEqual(await self.recv(ws3), "preselected_was=nil")
+        self.assertEqual(await self.recv(ws3), "preselected=nil")
 
 
 class OriginTests(AppCase):
@@ -597,14 +602,14 @@ class RouteParamTests(AppCase):
 
     async def test_params(self):
         cases = {
-            "/chat/general": "room=general",
-            "/chat/caf%C3%A9%20bar": "room=caf\u00e9 bar",
-            "/chat/general?x=1": "room=general",
-            "/a/1/b/two": "x=1;y=two",
-            "/a/%2F/b/two%2Fthree": "x=/;y=two/three",
-            "/chat/lobby": "exact lobby params=none",
-            "/chat/lobby?q=1": "exact lobby params=none",
-            "/chat/lobby2": "room=lobby2",
+            "/room/general": 'param {["name"]="general"}',
+            "/room/caf%C3%A9%20bar": 'param {["name"]="caf\u00e9 bar"}',
+            "/room/general?x=1": 'param {["name"]="general"}',
+            "/a/1/b/two": 'param {["x"]="1",["y"]="two"}',
+            "/a/%2F/b/two%2Fthree": 'param {["x"]="/",["y"]="two/three"}',
+            "/room/lobby": "exact {}",
+            "/room/lobby?q=1": "exact {}",
+            "/room/lobby2": 'param {["name"]="lobby2"}',
         }
         for path, want in cases.items():
             with self.subTest(path=path):
@@ -613,7 +618,7 @@ class RouteParamTests(AppCase):
                 await ws.close()
 
     async def test_unmatched_is_404(self):
-        for path in ["/chat", "/chat/", "/chat/a/b", "/a/1/b", "/a/1/b/", "/a//b/2", "/nope", "/a/1/c/2"]:
+        for path in ["/room", "/room/", "/room/a/b", "/a/1/b", "/a/1/b/", "/a//b/2", "/nope", "/a/1/c/2"]:
             with self.subTest(path=path):
                 c, resp = self.upgrade(path)
                 self.assert_refused(resp, c, 404)
@@ -1071,12 +1076,16 @@ class HttpTests(AppCase):
         self.assertEqual(body, b"hello bob x qs=name=bob%20x&y=1")
         self.assertEqual(h["Content-Type"], "text/plain; charset=utf-8")
         self.assertEqual(h["Content-Length"], str(len(body)))
-        st, h, body = http_get(self.server.port, "/users/42%2F7")
-        self.assertEqual((st, body, h["X-Method"]), (200, b"user 42/7", "GET"))
+        st, h, body = http_get(self.server.port, "/users/42%2F7/posts/a%20b")
+        self.assertEqual((st, body), (200, b"user=42/7 post=a b"))
 
     def test_request_fields(self):
-        st, h, body = http_get(self.server.port, "/info", headers={"X-Tag": "t1"})
-        self.assertEqual(body, b"method=GET;path=/info;addr=127.0.0.1;port_is_number=true;xtag=t1")
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=T)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/info", headers={"X-Tag": "t1"})
+        body = conn.getresponse().read()
+        port = conn.sock.getsockname()[1]
+        self.assertEqual(body, b"method=GET;path=/info;addr=127.0.0.1;port=%d;tag=t1;body=0" % port)
 
     def test_custom_status_and_headers(self):
         st, h, body = http_get(self.server.port, "/custom")
@@ -1125,8 +1134,8 @@ class HttpTests(AppCase):
         self.assertEqual(r.read(), b"second")
         self.assertIs(conn.sock, sock1)
         self.assertEqual(conn.sock.getsockname(), local1)
-        conn.request("GET", "/users/3")
-        self.assertEqual(conn.getresponse().read(), b"user 3")
+        conn.request("GET", "/users/3/posts/4")
+        self.assertEqual(conn.getresponse().read(), b"user=3 post=4")
         self.assertIs(conn.sock, sock1)
 
     def test_pipelining_in_order_with_a_sleeping_handler(self):
@@ -1190,9 +1199,9 @@ class HttpTests(AppCase):
     def test_handler_error_500_and_logged(self):
         st, h, body = http_get(self.server.port, "/error")
         self.assertEqual(st, 500)
-        line = app_line(HTTP_APP, 'error("http handler exploded on purpose")')
-        self.assertIsNotNone(self.server.wait_for_log(r"app_http\.lua:%d:.*exploded on purpose" % line),
-                             "handler error not logged with app_http.lua:%d" % line)
+        line = app_line(HTTP_APP, "HTTP_ERROR_LINE")
+        self.assertIsNotNone(self.server.wait_for_log(r"/http\.lua:%d:.*http handler boom" % line),
+                             "handler error not logged with http.lua:%d" % line)
         self.assertEqual(http_get(self.server.port, "/hello?name=after")[0], 200)
 
     def test_handler_sending_nothing_is_204(self):

@@ -22,9 +22,10 @@ try {
 }
 
 const APPS = path.join(__dirname, '..', 'apps');
-const UPGRADE_APP = path.join(APPS, 'app_upgrade.lua');
+const SPEC_APPS = path.join(__dirname, '..', '..', 'apps'); // shared with the busted specs
+const UPGRADE_APP = path.join(SPEC_APPS, 'upgrade.lua');
 const PUBSUB_APP = path.join(APPS, 'app_pubsub.lua');
-const HTTP_APP = path.join(APPS, 'app_http.lua');
+const HTTP_APP = path.join(SPEC_APPS, 'http.lua');
 const T = 10000;
 
 // Stops a suite's server; fails if it crashed, needed SIGKILL or a sanitizer spoke.
@@ -114,23 +115,23 @@ describe('upgrade hook and subprotocols', () => {
   });
 
   it('refuses with the hook status (unexpected-response)', async () => {
-    const r = await refused(server.url('/refuse401'));
+    const r = await refused(server.url('/refuse_status'));
     assert.equal(r.status, 401);
     assert.equal(r.headers.connection, 'close');
   });
 
   it('refuses with status, body and headers', async () => {
-    const r = await refused(server.url('/refuse_body?who=node'));
+    const r = await refused(server.url('/refuse_full?who=node'));
     assert.equal(r.status, 429);
-    assert.equal(r.body, 'slow down, node');
+    assert.equal(r.body, 'slow down node\n');
     assert.equal(r.headers['retry-after'], '7');
-    assert.equal(r.headers['x-why'], 'rate-limited');
+    assert.equal(r.headers['x-why'], 'rate limited');
     assert.equal(r.headers['content-length'], String(Buffer.byteLength(r.body)));
   });
 
   it('false refuses with 403; an error in the hook gives 500', async () => {
     assert.equal((await refused(server.url('/refuse_false'))).status, 403);
-    const r = await refused(server.url('/hookerror'));
+    const r = await refused(server.url('/hook_error'));
     assert.equal(r.status, 500);
     assert.match(r.body, /upgrade hook failed/);
   });
@@ -154,7 +155,7 @@ describe('upgrade hook and subprotocols', () => {
   it('accepts with a table that becomes ws.data', async () => {
     const ws = await open(server.url('/accept_table?user=nodey'));
     sockets.push(ws);
-    assert.equal(await ws.nextText(), 'n=42;user=nodey');
+    assert.equal(await ws.nextText(), '{["n"]=42,["user"]="nodey"}'); // a Lua literal, sorted keys
   });
 
   it('negotiates the server-preferred subprotocol', async () => {
@@ -170,19 +171,19 @@ describe('upgrade hook and subprotocols', () => {
     // offered but none acceptable: the server sends no header, which ws rejects
     await assert.rejects(open(server.url('/proto'), ['other']), /Server sent no subprotocol/);
     // the hook overrides the route's choice
-    const ov = await open(server.url('/proto_override'), ['chat.v2', 'chat.v1']);
+    const ov = await open(server.url('/proto_hook'), ['chat.v2', 'chat.v1']);
     sockets.push(ov);
     assert.equal(ov.protocol, 'chat.v1');
-    assert.equal(await ov.nextText(), 'preselected_was=chat.v2');
+    assert.equal(await ov.nextText(), 'preselected=chat.v2');
   });
 
   it('route params are percent-decoded; exact paths win', async () => {
-    const a = await open(server.url('/chat/r%C3%B6om%201'));
-    const b = await open(server.url('/chat/lobby'));
+    const a = await open(server.url('/room/r%C3%B6om%201'));
+    const b = await open(server.url('/room/lobby'));
     sockets.push(a, b);
-    assert.equal(await a.nextText(), 'room=r\u00f6om 1');
-    assert.equal(await b.nextText(), 'exact lobby params=none');
-    assert.equal((await refused(server.url('/chat/a/b'))).status, 404);
+    assert.equal(await a.nextText(), 'param {["name"]="r\u00f6om 1"}');
+    assert.equal(await b.nextText(), 'exact {}');
+    assert.equal((await refused(server.url('/room/a/b'))).status, 404);
   });
 });
 
@@ -270,8 +271,8 @@ describe('plain HTTP', () => {
     assert.equal(b.headers['x-body-length'], '1000');
     assert.equal(b.reusedSocket, true, 'second request did not reuse the connection');
     assert.equal(b.localPort, a.localPort);
-    const c = await request(server, agent, 'GET', '/users/7');
-    assert.equal(c.body, 'user 7');
+    const c = await request(server, agent, 'GET', '/users/7/posts/8');
+    assert.equal(c.body, 'user=7 post=8');
     assert.equal(c.reusedSocket, true);
     const d = await request(server, agent, 'POST', '/echo', over);
     assert.equal(d.status, 413);
