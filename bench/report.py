@@ -140,12 +140,12 @@ def targets(data, meds):
           "server, bounded one side (see its idle share below).\n",
           "| target | measured | per server CPU | met |", "|---|---|---|---|"]
 
-    def row(what, val, goal, cpu=None, fmt="%.2fx", higher=True):
+    def row(what, val, goal, cpu=None, fmt="%.3fx", higher=True):
         if val is None:
             md.append("| %s | - | - | not measured |" % what)
             return
         ok = val >= goal if higher else val <= goal
-        md.append("| %s | %s | %s | %s |" % (what, fmt % val, "-" if cpu is None else "%.2fx" % cpu,
+        md.append("| %s | %s | %s | %s |" % (what, fmt % val, "-" if cpu is None else "%.3fx" % cpu,
                                             "yes" if ok else "**no**"))
 
     def tp_ratio(sc, ref_sc):
