@@ -242,9 +242,6 @@ int mw__lua_run_batch(mw_lua_t *S, mw_conn_t *c, const mw_msgref_t *m, size_t n,
     return suspended;
 }
 
-/* moonwire.core.take() -> message, binary | nothing: the next message of the
- * batch the running call was started for; nothing once the batch is done,
- * the call is not a batch's, or the connection is no longer open. */
 /* take(S, seq): the next message of the batch the running call was started
  * for (seq is that batch's number); NULL once the batch is done, the caller
  * is not that batch's call, or the connection is no longer open.
@@ -253,7 +250,6 @@ int mw__lua_run_batch(mw_lua_t *S, mw_conn_t *c, const mw_msgref_t *m, size_t n,
 _Static_assert(offsetof(mw_msgref_t, len) == sizeof(void *) &&
                    offsetof(mw_msgref_t, binary) == 2 * sizeof(void *),
                "batch_src declares mw_msgref_t's layout for the FFI");
-
 static const mw_msgref_t *ffi_take(mw_lua_t *S, double seq)
 {
     mw_co_t *k = S->running;
