@@ -381,6 +381,8 @@ static void tls_init(void)
     SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
     /* out is compacted and grown between retries of a write */
     SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* one read() for what the socket has, not a record header, then its body */
+    SSL_CTX_set_read_ahead(tls_ctx, 1);
 }
 
 /* write(2) or SSL_write: > 0 written, or -1 with errno (EAGAIN: try later). */
@@ -1137,8 +1139,9 @@ static void conn_event(struct conn *c, uint32_t events)
         flush_conn(c);
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || c->state == ST_CLOSED)
         return;
-    /* TLS may hold decrypted bytes the socket no longer signals: read until
-     * it has none (plain sockets: one read per event, level-triggered). */
+    /* TLS may hold bytes (decrypted, or records read ahead) the socket no
+     * longer signals: read while OpenSSL holds any (plain sockets: one read
+     * per event, level-triggered). A partial record held ends in EAGAIN. */
     do {
         ssize_t n = io_read(c, w->rbuf, RBUF_SIZE);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -1159,7 +1162,7 @@ static void conn_event(struct conn *c, uint32_t events)
             raw_input(c, w->rbuf, (size_t)n);
         else
             ws_input(c, w->rbuf, (size_t)n);
-    } while (c->ssl && c->state != ST_CLOSED);
+    } while (c->ssl && c->state != ST_CLOSED && SSL_has_pending(c->ssl));
 }
 
 static void worker_poll(struct worker *w, int timeout_ms)

@@ -376,11 +376,15 @@ static void read_once(mw_conn_t *c)
 
 static void on_readable(mw_conn_t *c)
 {
-    /* TLS may hold decrypted bytes beyond what fit in the read buffer; the
-     * kernel will never announce them, so read on while OpenSSL has any. */
-    do
+    /* TLS may hold bytes beyond what fit in the read buffer (decrypted, or
+     * records read ahead); the kernel will never announce them, so read on
+     * while the last read filled the buffer and OpenSSL holds more. A
+     * partial record held is not "more": it needs the socket's next bytes,
+     * which the loop announces. */
+    do {
+        c->tls_more = 0;
         read_once(c);
-    while (c->ssl && c->state != MW_CONN_DEAD && !c->paused && SSL_pending(c->ssl) > 0);
+    } while (c->ssl && c->state != MW_CONN_DEAD && !c->paused && c->tls_more);
 }
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -436,8 +440,9 @@ void mw__conn_resume_input(mw_conn_t *c)
         mw__tl_move(c, MW_TL_ACTIVE);
     if (c->state != MW_CONN_DEAD)
         update_events(c);
-    /* Bytes OpenSSL decrypted while we were paused: no event will come. */
-    if (c->ssl && c->state != MW_CONN_DEAD && !c->paused && SSL_pending(c->ssl) > 0)
+    /* Bytes OpenSSL held while we were paused: no event will come for them
+     * (a partial record costs one read that finds the socket empty). */
+    if (c->ssl && c->state != MW_CONN_DEAD && !c->paused && SSL_has_pending(c->ssl))
         on_readable(c);
     mw__conn_release(c);
 }

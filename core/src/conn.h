@@ -93,6 +93,7 @@ struct mw_conn {
     uint8_t wants_ws : 1;       /* the request asked for a WebSocket (for refusal counts) */
     uint8_t tls_want_write : 1; /* OpenSSL must write before it can read on */
     uint8_t tls_failed : 1;     /* a TLS error: no close_notify may be sent */
+    uint8_t tls_more : 1;       /* the last read filled the buffer and OpenSSL holds more */
     uint8_t tl_list;            /* MW_TL_* list this connection is on */
     uint8_t in_idle;            /* on the idle list */
     uint16_t close_code;        /* reported to on_close */
