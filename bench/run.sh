@@ -8,7 +8,9 @@
 # Environment: BENCH_RUNS (3), BENCH_DURATION (5 s measured), BENCH_WARMUP (1 s),
 # BENCH_SERVERS ("moonwire raw gorilla node nginx"), BENCH_SCENARIOS (all),
 # BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_SKIP_DEPS=1 to skip installs,
-# BENCH_KEEP=1 to keep earlier results (re-run some servers or scenarios only).
+# BENCH_KEEP=1 to keep earlier results (re-run some servers or scenarios only),
+# BENCH_VARIANTS (all the server and generator have: plain, workers2, broker,
+# tls, deflate) to run only some of them.
 # The progress line also shows the load average: other work on the machine
 # (a test suite next door) makes runs noisy, and the min-max shows it.
 set -euo pipefail
@@ -73,6 +75,11 @@ if grep -q -- '--broker' <<<"$mw_help" && have redis-server; then variants+=" br
 lg_help="$("$out/loadgen" 2>&1 || true)" # its usage (exit status 2)
 if grep -q -- '--tls-listen' <<<"$mw_help" && grep -q -- --tls <<<"$lg_help"; then variants+=" tls"; fi
 if grep -q -- --deflate <<<"$lg_help"; then variants+=" deflate"; fi
+if [ -n "${BENCH_VARIANTS:-}" ]; then
+    keep=""
+    for v in $variants; do [[ " $BENCH_VARIANTS " == *" $v "* ]] && keep+=" $v"; done
+    variants="${keep# }"
+fi
 
 # --- servers ---------------------------------------------------------------
 fdlimit="$(ulimit -Hn)"
