@@ -561,9 +561,9 @@ class WssEchoTests(Base):
         # Bursts of small frames, one TLS record each, larger than the
         # server's read buffer: every message comes back, however the bytes
         # split between the kernel, OpenSSL's read-ahead buffer and ours.
-        # (The case where our buffer fills while OpenSSL holds whole records
-        # and the socket is empty depends on timing: a mutation that never
-        # reads on did not fail here; see core/src/tls.c tls_read.)
+        # (Whether our buffer fills while OpenSSL holds whole records and the
+        # socket is empty depends on timing here; WssOneByteReadTests makes
+        # that case certain.)
         stalled = []
         for total in (74 * KiB, 100 * KiB, 150 * KiB, 220 * KiB, 300 * KiB):
             for size in (700, 1500, 4000):
@@ -652,6 +652,32 @@ class WssEchoTests(Base):
 
 
 # ---------------------------------------------------------------------------
+class WssOneByteReadTests(Base):
+    """MOONWIRE_TEST_SHORT_IO=1 makes the server ask OpenSSL for one byte per
+    read: each read fills its buffer while OpenSSL holds the rest of the record
+    (and records it read ahead), bytes no EV_READ will announce. The server must
+    read on at once, or these echoes stall."""
+
+    def setUp(self):
+        self.servers = []
+        self._problems_before = self._problem_count()
+        self.server = self.start_server(env={"MOONWIRE_TEST_SHORT_IO": "1"})
+
+    async def test_wss_echo_with_one_byte_reads(self):
+        ws = await self.connect("/plain", compression=None)
+        for n in (0, 1, 125, 126, 5000, 70000):
+            with self.subTest(size=n):
+                await self.assert_echo(ws, os.urandom(n), timeout=10)
+
+    async def test_wss_pipelined_with_one_byte_reads(self):
+        ws = await self.connect("/plain", compression=None)
+        msgs = [os.urandom(i * 37 % 900) for i in range(200)]
+        for m in msgs:
+            await ws.send(m)
+        for i, m in enumerate(msgs):
+            self.assertEqual(await asyncio.wait_for(ws.recv(), 10), m, "message %d" % i)
+
+
 class NegotiationTests(Base):
     """Sec-WebSocket-Extensions offers and the exact answers (raw handshakes)."""
 
