@@ -554,13 +554,19 @@ describe("handlers", function()
       c:expect_text("42")
       c:expect_binary("bin")
       local f = c:expect_text()
-      local ok1, e1, ok2, e2, ok3, e3 = f:match("^(%a+)|([^|]*)|(%a+)|([^|]*)|(%a+)|([^|]*)$")
+      local ok1, e1, ok2, e2, ok3, e3, ok4, e4 =
+        f:match("^(%a+)|([^|]*)|(%a+)|([^|]*)|(%a+)|([^|]*)|(%a+)|([^|]*)$")
       assert.are.equal("false", ok1, f)
       assert.matches("bad argument #1 to 'send' %(moonwire.ws expected, got table%)", e1)
       assert.are.equal("false", ok2, f)
       assert.matches("bad argument #2 to 'send' %(string expected, got table%)", e2)
       assert.are.equal("false", ok3, f)
       assert.matches("bad argument #1 to 'send' %(moonwire.ws expected, got userdata%)", e3)
+      -- ws:send(x): the app's FILE:LINE, and x counted as argument #1
+      assert.are.equal("false", ok4, f)
+      local line = server.line_of(PROBE, "SEND_ODD_LINE")
+      assert.matches("probe%.lua:" .. line .. ": bad argument #1 to 'send' %(string expected, got table%)",
+        e4)
       c:close_handshake(1000)
     end)
 

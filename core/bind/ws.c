@@ -418,21 +418,35 @@ void mw__ws_register(lua_State *L)
      * that LuaJIT compiles into the handler's trace, and only fields
      * (ws.data, ws.path...) go through C (profiled: the C __index with its
      * string compares was the largest user-space cost of an echo). ws:send
-     * with a string calls C through the FFI, which a trace compiles too;
-     * anything else (a number, a wrong argument) takes the C API path. */
+     * with a string calls C through the FFI, which a trace compiles too; a
+     * number takes the C API path, and wrong arguments raise the errors
+     * luaL_argerror would, at the app's line. */
     static const char index_src[] =
         "local methods, fields, mt, ffi, send_fn = ...\n"
         "local cffi = ffi.cast('int (*)(void *, const char *, size_t, int)', send_fn)\n"
-        "local send, getmetatable, type = methods.send, getmetatable, type\n"
-        "methods.send = function(ws, data, binary)\n"
-        "  if type(data) == 'string' and getmetatable(ws) == mt then\n"
-        "    local rc = cffi(ws, data, #data, binary and 1 or 0)\n"
-        "    if rc == 0 then return true end\n"
-        "    return nil, rc == 1 and 'dropped' or 'closed'\n"
+        "local send, getmetatable, type, error = methods.send, getmetatable, type, error\n"
+        "local getinfo = debug.getinfo\n"
+        "-- as luaL_argerror words it, at the caller's line (level 3)\n"
+        "local function argerror(n, msg)\n"
+        "  local ar = getinfo(2, 'n')\n"
+        "  if ar and ar.namewhat == 'method' then\n"
+        "    n = n - 1\n"
+        "    if n == 0 then error(\"calling 'send' on bad self (\" .. msg .. \")\", 3) end\n"
         "  end\n"
-        "  -- not a tail call: errors then name 'send', as they would directly\n"
-        "  local ok, err = send(ws, data, binary)\n"
-        "  return ok, err\n"
+        "  error((\"bad argument #%d to 'send' (%s)\"):format(n, msg), 3)\n"
+        "end\n"
+        "methods.send = function(ws, data, binary)\n"
+        "  if getmetatable(ws) ~= mt then\n"
+        "    argerror(1, 'moonwire.ws expected, got ' .. type(ws))\n"
+        "  end\n"
+        "  local t = type(data)\n"
+        "  if t ~= 'string' then\n"
+        "    if t ~= 'number' then argerror(2, 'string expected, got ' .. t) end\n"
+        "    return send(ws, data, binary) -- a number: sent as its text\n"
+        "  end\n"
+        "  local rc = cffi(ws, data, #data, binary and 1 or 0)\n"
+        "  if rc == 0 then return true end\n"
+        "  return nil, rc == 1 and 'dropped' or 'closed'\n"
         "end\n"
         "return function(ws, k)\n"
         "  local m = methods[k]\n"

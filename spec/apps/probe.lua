@@ -177,7 +177,9 @@ function commands.send_odd(ws)
   local ok1, e1 = pcall(ws.send, {}, "x")
   local ok2, e2 = pcall(ws.send, ws, {})
   local ok3, e3 = pcall(ws.send, io.stdout, "x")
-  ws:send(table.concat({ tostring(ok1), e1, tostring(ok2), e2, tostring(ok3), e3 }, "|"))
+  local ok4, e4 = pcall(function() ws:send({}) end) -- SEND_ODD_LINE
+  ws:send(table.concat({ tostring(ok1), e1, tostring(ok2), e2, tostring(ok3), e3, tostring(ok4), e4 },
+    "|"))
 end
 
 function commands.binary(ws, ...)
