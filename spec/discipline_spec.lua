@@ -384,6 +384,35 @@ describe("discipline", function()
       assert.is_true(srv:alive())
     end)
 
+    -- ws:send queues a large string where it is (no copy) and keeps it alive
+    -- until written: here 200 x 64 KiB wait for a client that reads only
+    -- after a pause, while the app collects garbage after every send.
+    it("writes large queued sends intact after collections, then lets their strings go", function()
+      local srv = server.start(PROBE, { flags = { "--max-buffered", "67108864" } })
+      local c = probe.open(srv)
+      local n, size = 200, 65536
+      c:send_text(("bigsend %d %d"):format(n, size))
+      socket.sleep(0.5)
+      for i = 1, n do
+        local msg = c:expect_binary(nil, 5)
+        local head = i .. ":"
+        local want = (head .. string.rep(string.char(65 + i % 26, 97 + i % 26),
+          math.ceil((size - #head) / 2))):sub(1, size)
+        if msg ~= want then
+          local at = 1
+          while msg:byte(at) == want:byte(at) do at = at + 1 end
+          error(("message %d (%d bytes) differs from byte %d: %q"):format(i, #msg, at,
+            msg:sub(at, at + 15)))
+        end
+      end
+      c:expect_text("bigsend " .. n)
+      -- All written: nothing holds the 12.5 MiB any more.
+      c:send_text("luamem")
+      local kib = tonumber(c:expect_text():match("^luamem (%d+)$"))
+      assert.is_true(kib < 4096, ("the app's Lua heap still holds %d KiB"):format(kib))
+      c:close_handshake(1000)
+    end)
+
     it("does not close a client that reads while a moderate burst is sent", function()
       local srv = server.start(PROBE, { flags = { "--max-buffered", "4194304" } })
       local c = probe.open(srv)

@@ -112,6 +112,9 @@ int mw__lua_run_batch(mw_lua_t *S, mw_conn_t *c, const mw_msgref_t *m, size_t n,
 void mw__ws_push(mw_lua_t *S, mw_conn_t *c);
 void mw__ws_finalize(mw_lua_t *S, mw_conn_t *c);
 void mw__ws_register(lua_State *L);
+/* Lets go of the strings ws:send queued without a copy under pins[0..n)
+ * (mw_app_ops_t.pins_released). */
+void mw__ws_unpin(void *ud, const uint32_t *pins, size_t n);
 /* Returns the connection of the ws at idx (NULL once finished); raises if
  * the value is not a ws. */
 mw_conn_t *mw__ws_check(lua_State *L, int idx);

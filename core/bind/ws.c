@@ -116,6 +116,35 @@ static int ffi_send(ws_box_t *b, const char *data, size_t len, int binary)
     return rc == MW_OK ? 0 : rc == MW_EAGAIN ? 1 : 2;
 }
 
+/* The same for a large string (#data >= MW_PIN_MIN), queued where it is
+ * when it goes out uncompressed: returns the pin the Lua side keeps the
+ * string under (its key in the pins table) or 0 when it was copied; -1
+ * dropped, -2 closed. */
+static int ffi_send_pinned(ws_box_t *b, const char *data, size_t len, int binary)
+{
+    uint32_t pin = 0;
+    int rc =
+        b->c ? mw__conn_send_pinned(b->c, binary ? MW_WS_OP_BINARY : MW_WS_OP_TEXT, data, len, &pin)
+             : MW_ECLOSED;
+    return rc == MW_OK ? (int)pin : rc == MW_EAGAIN ? -1 : -2;
+}
+
+#define PINS_KEY "moonwire.pins"
+
+void mw__ws_unpin(void *ud, const uint32_t *pins, size_t n)
+{
+    mw_lua_t *S = ud;
+    if (!S->L)
+        return; /* the state is gone, and the strings with it */
+    lua_State *L = S->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, PINS_KEY);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, (int)pins[i]);
+    }
+    lua_pop(L, 1);
+}
+
 /* ws:close([code [, reason]]) -> true | nil, "closed" */
 static int ws_close(lua_State *L)
 {
@@ -422,8 +451,9 @@ void mw__ws_register(lua_State *L)
      * number takes the C API path, and wrong arguments raise the errors
      * luaL_argerror would, at the app's line. */
     static const char index_src[] =
-        "local methods, fields, mt, ffi, send_fn = ...\n"
+        "local methods, fields, mt, ffi, send_fn, pinned_fn, pins, PIN_MIN = ...\n"
         "local cffi = ffi.cast('int (*)(void *, const char *, size_t, int)', send_fn)\n"
+        "local cpinned = ffi.cast('int (*)(void *, const char *, size_t, int)', pinned_fn)\n"
         "local send, getmetatable, type, error = methods.send, getmetatable, type, error\n"
         "local getinfo = debug.getinfo\n"
         "-- as luaL_argerror words it, at the caller's line (level 3)\n"
@@ -444,7 +474,16 @@ void mw__ws_register(lua_State *L)
         "    if t ~= 'number' then argerror(2, 'string expected, got ' .. t) end\n"
         "    return send(ws, data, binary) -- a number: sent as its text\n"
         "  end\n"
-        "  local rc = cffi(ws, data, #data, binary and 1 or 0)\n"
+        "  local n = #data\n"
+        "  if n >= PIN_MIN then -- queued where it is: kept alive until written\n"
+        "    local pin = cpinned(ws, data, n, binary and 1 or 0)\n"
+        "    if pin >= 0 then\n"
+        "      if pin > 0 then pins[pin] = data end\n"
+        "      return true\n"
+        "    end\n"
+        "    return nil, pin == -1 and 'dropped' or 'closed'\n"
+        "  end\n"
+        "  local rc = cffi(ws, data, n, binary and 1 or 0)\n"
         "  if rc == 0 then return true end\n"
         "  return nil, rc == 1 and 'dropped' or 'closed'\n"
         "end\n"
@@ -467,7 +506,12 @@ void mw__ws_register(lua_State *L)
     lua_pushliteral(L, "ffi");
     lua_call(L, 1, 1);
     mw__lua_push_cfn(L, (void (*)(void))ffi_send);
-    lua_call(L, 5, 1);
+    mw__lua_push_cfn(L, (void (*)(void))ffi_send_pinned);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, PINS_KEY);
+    lua_pushinteger(L, MW_PIN_MIN);
+    lua_call(L, 8, 1);
     lua_setfield(L, -2, "__index");
     lua_pushvalue(L, -1);
     lua_pushcclosure(L, ws_newindex, 1);

@@ -225,6 +225,12 @@ size_t mw__conn_ws_input(mw_conn_t *c, uint8_t *buf, size_t len);
  * (closing, closed); MW_EAGAIN when the route's "drop" policy skipped it
  * because the queue is full. Copies data. Never calls into the app. */
 int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len);
+/* The same without copying a data frame's payload when it is large (at
+ * least MW_PIN_MIN bytes) and goes out uncompressed: the queue then refers
+ * to data, *pin gets the number the caller must keep data alive under
+ * until the core releases it (see mw_pin_src_t), else 0. */
+#define MW_PIN_MIN 4096
+int mw__conn_send_pinned(mw_conn_t *c, int opcode, const void *data, size_t len, uint32_t *pin);
 /* The same for a frame already encoded as hdr + data (copied). */
 int mw__conn_send_encoded(mw_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
                           size_t len);

@@ -165,6 +165,26 @@ int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len)
     return mw__conn_send_encoded(c, hdr, hlen, data, len);
 }
 
+int mw__conn_send_pinned(mw_conn_t *c, int opcode, const void *data, size_t len, uint32_t *pin)
+{
+    *pin = 0;
+    if (len < MW_PIN_MIN || len > UINT32_MAX / 2 || opcode >= MW_WS_OP_CLOSE ||
+        (c->pmd && len >= c->pmd->threshold))
+        return mw__conn_send(c, opcode, data, len);
+    if (c->state != MW_CONN_OPEN)
+        return MW_ECLOSED;
+    uint8_t hdr[MW_WS_MAX_HEADER];
+    size_t hlen = mw__ws_header(hdr, 1, 0, opcode, len);
+    int rc = admit(c, hlen + len, 0);
+    if (rc != MW_OK)
+        return rc;
+    mw_chunk_pool_t *pool = &c->w->pool;
+    *pin = mw__pool_pin_take(pool);
+    mw__outq_append_pinned(pool, &c->out, hdr, hlen, data, len, *pin);
+    queued(c);
+    return MW_OK;
+}
+
 void mw__conn_close(mw_conn_t *c, uint16_t code, const char *reason, size_t rlen)
 {
     if (c->state != MW_CONN_OPEN)

@@ -28,10 +28,47 @@ void mw__chunk_pool_init(mw_chunk_pool_t *pool, size_t max_free)
     pool->free = pool->free_small = NULL;
     pool->nfree = pool->nfree_small = 0;
     pool->max_free = max_free;
+    pool->pins_released = pool->pins_free = NULL;
+    pool->n_released = pool->cap_released = pool->n_free_pins = pool->cap_free_pins = 0;
+    pool->pins_next = 1;
+}
+
+static void pin_push(uint32_t **v, size_t *n, size_t *cap, uint32_t pin)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 64;
+        *v = mw__xrealloc(*v, *cap * sizeof **v);
+    }
+    (*v)[(*n)++] = pin;
+}
+
+uint32_t mw__pool_pin_take(mw_chunk_pool_t *pool)
+{
+    if (pool->n_free_pins)
+        return pool->pins_free[--pool->n_free_pins];
+    return pool->pins_next++;
+}
+
+void mw__pool_pins_reuse(mw_chunk_pool_t *pool)
+{
+    for (size_t i = 0; i < pool->n_released; i++)
+        pin_push(&pool->pins_free, &pool->n_free_pins, &pool->cap_free_pins,
+                 pool->pins_released[i]);
+    pool->n_released = 0;
+}
+
+/* Whether bytes can be copied into c's data area. */
+static inline int chunk_takes_bytes(const mw_chunk_t *c)
+{
+    return !c->ref && c->cap != MW_CHUNK_FILE && c->cap != MW_CHUNK_PIN;
 }
 
 void mw__chunk_pool_free(mw_chunk_pool_t *pool)
 {
+    free(pool->pins_released);
+    free(pool->pins_free);
+    pool->pins_released = pool->pins_free = NULL;
+    pool->n_released = pool->cap_released = pool->n_free_pins = pool->cap_free_pins = 0;
     mw_chunk_t **lists[2] = {&pool->free, &pool->free_small};
     for (int i = 0; i < 2; i++) {
         while (*lists[i]) {
@@ -80,6 +117,12 @@ static void chunk_put(mw_chunk_pool_t *pool, mw_chunk_t *c)
         free(c);
         return;
     }
+    if (c->cap == MW_CHUNK_PIN) {
+        const mw_pin_src_t *s = (const mw_pin_src_t *)(const void *)c->data;
+        pin_push(&pool->pins_released, &pool->n_released, &pool->cap_released, s->pin);
+        free(c);
+        return;
+    }
     if (c->ref) {
         mw__rbuf_release(c->ref);
         c->ref = NULL;
@@ -116,7 +159,7 @@ static void append_bytes(mw_chunk_pool_t *pool, mw_outq_t *q, const uint8_t *p, 
 {
     while (n > 0) {
         mw_chunk_t *t = q->tail;
-        if (!t || t->ref || t->cap == MW_CHUNK_FILE || t->end == t->cap) {
+        if (!t || !chunk_takes_bytes(t) || t->end == t->cap) {
             /* A large remainder gets one exact-size chunk instead of many;
              * a frame that fits an empty queue whole, a small one. */
             int small = !q->head && total <= MW_CHUNK_SMALL;
@@ -137,10 +180,10 @@ void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size
                       const void *data, size_t len)
 {
     /* The common case, a small frame that fits the tail chunk: two copies
-     * and no loop (a ref chunk has cap 0, a file chunk is excluded). */
+     * and no loop. */
     mw_chunk_t *t = q->tail;
     size_t total = hlen + len;
-    if (t && !t->ref && t->cap != MW_CHUNK_FILE && t->cap - t->end >= total) {
+    if (t && chunk_takes_bytes(t) && t->cap - t->end >= total) {
         if (hlen)
             memcpy(t->data + t->end, hdr, hlen);
         if (len)
@@ -153,6 +196,23 @@ void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size
         append_bytes(pool, q, hdr, hlen, hlen + len);
     if (len)
         append_bytes(pool, q, data, len, len);
+}
+
+void mw__outq_append_pinned(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
+                            const void *data, size_t len, uint32_t pin)
+{
+    append_bytes(pool, q, hdr, hlen, hlen);
+    mw_chunk_t *c = mw__xmalloc(sizeof *c + sizeof(mw_pin_src_t));
+    c->next = NULL;
+    c->ref = NULL;
+    c->start = 0;
+    c->end = (uint32_t)len;
+    c->cap = MW_CHUNK_PIN;
+    mw_pin_src_t *s = (mw_pin_src_t *)(void *)c->data;
+    s->data = data;
+    s->pin = pin;
+    link_tail(q, c);
+    q->bytes += len;
 }
 
 void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b)
@@ -227,14 +287,23 @@ long mw__outq_fill(mw_chunk_pool_t *pool, mw_outq_t *q)
     return (long)n;
 }
 
+/* Where a memory chunk's bytes are. */
+static const uint8_t *chunk_bytes(const mw_chunk_t *c)
+{
+    if (c->ref)
+        return c->ref->data;
+    if (c->cap == MW_CHUNK_PIN)
+        return ((const mw_pin_src_t *)(const void *)c->data)->data;
+    return c->data;
+}
+
 int mw__outq_iov(const mw_outq_t *q, struct iovec *iov, int max)
 {
     int n = 0;
     for (mw_chunk_t *c = q->head; c && n < max && c->cap != MW_CHUNK_FILE; c = c->next) {
-        uint8_t *base = c->ref ? c->ref->data : c->data;
         if (c->end == c->start)
             continue;
-        iov[n].iov_base = base + c->start;
+        iov[n].iov_base = (void *)(uintptr_t)(chunk_bytes(c) + c->start);
         iov[n].iov_len = c->end - c->start;
         n++;
     }

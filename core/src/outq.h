@@ -30,6 +30,19 @@ typedef struct mw_file_src {
 
 #define MW_CHUNK_FILE UINT32_MAX /* cap of a file chunk */
 
+/* A chunk whose bytes belong to the app (a Lua string the binding keeps
+ * alive under a pin number) so that a large payload is written from where
+ * it is instead of being copied into the queue. When the chunk is written
+ * or dropped its pin goes on the pool's released list; the binding lets the
+ * string go at its next safe point (mw__pool_pins_released) and the number
+ * is then free for reuse. The chunk never touches the bytes after that. */
+typedef struct mw_pin_src {
+    const uint8_t *data;
+    uint32_t pin;
+} mw_pin_src_t;
+
+#define MW_CHUNK_PIN (UINT32_MAX - 1) /* cap of a pinned chunk */
+
 /* Returns an owned buffer of len bytes with refs = 1, contents copied from data
  * when data is not NULL. */
 mw_rbuf_t *mw__rbuf_new(const void *data, size_t len);
@@ -56,6 +69,11 @@ typedef struct mw_chunk_pool {
     size_t max_free;        /* chunks kept for reuse; the rest go back to malloc */
     mw_chunk_t *free_small; /* the same for small chunks */
     size_t nfree_small;
+    /* Pin numbers (1, 2, ...): released ones wait for the binding, free
+     * ones for reuse. */
+    uint32_t *pins_released, *pins_free;
+    size_t n_released, cap_released, n_free_pins, cap_free_pins;
+    uint32_t pins_next;
 } mw_chunk_pool_t;
 
 #define MW_CHUNK_SIZE (16384 - sizeof(mw_chunk_t))
@@ -78,6 +96,19 @@ void mw__chunk_pool_free(mw_chunk_pool_t *pool);
  * after it; a payload larger than a chunk gets a chunk of its own size. */
 void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
                       const void *data, size_t len);
+
+/* A pin number to queue bytes under (see mw_pin_src_t). */
+uint32_t mw__pool_pin_take(mw_chunk_pool_t *pool);
+
+/* The binding has let go of the app's bytes behind the released pins:
+ * makes their numbers free again. */
+void mw__pool_pins_reuse(mw_chunk_pool_t *pool);
+
+/* Copies the header hdr[0..hlen) to the end of q and queues data[0..len)
+ * where it is, under pin (the caller keeps those bytes alive until the pin
+ * is released). */
+void mw__outq_append_pinned(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
+                            const void *data, size_t len, uint32_t pin);
 
 /* Queues the bytes of b (retained; the caller keeps its reference). */
 void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b);

@@ -107,6 +107,12 @@ static void flush_pass(struct ev_loop *loop, ev_prepare *p, int revents)
             mw__conn_flush(c);
         mw__conn_release(c); /* the flush list's reference */
     }
+    /* Payloads written (or dropped) from where the app keeps them, here or
+     * since the last pass: the app may let them go. */
+    if (w->pool.n_released) {
+        w->ops->pins_released(w->ops_ud, w->pool.pins_released, w->pool.n_released);
+        mw__pool_pins_reuse(&w->pool);
+    }
 }
 
 /* --- accept ------------------------------------------------------------------- */

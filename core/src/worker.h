@@ -66,6 +66,9 @@ typedef struct mw_app_ops {
     int (*on_batch)(void *ud, mw_conn_t *c, const mw_msgref_t *m, size_t n, size_t *done);
     int (*on_drain)(void *ud, mw_conn_t *c);
     int (*on_close)(void *ud, mw_conn_t *c, int code, const char *reason, size_t rlen);
+    /* The queues are done with the app's bytes behind pins[0..n) (see
+     * mw__conn_send_pinned); called where the app runs no code. */
+    void (*pins_released)(void *ud, const uint32_t *pins, size_t n);
 } mw_app_ops_t;
 
 /* An activity-ordered list of connections that share one timeout, swept by

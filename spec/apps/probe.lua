@@ -14,6 +14,10 @@
 --   error_table           -> raises a table instead of a string
 --   close_send ID         -> what ws:send returned inside on_close of connection ID
 --   flood N SIZE          -> N text messages of SIZE bytes; result kept in floods[id]
+--   bigsend N SIZE        -> N binary messages "<i>:" padded with a pattern of i to SIZE
+--                            bytes, each a fresh string collected after the send
+--                            (collectgarbage between sends); replies "bigsend <n ok>"
+--   luamem                -> after a full collection, "luamem <collectgarbage('count') KiB>"
 --   close [CODE [REASON]] -> ws:close(CODE, REASON)
 --   ping [DATA]           -> ws:ping(DATA)
 --   send_to ID TEXT       -> sends TEXT on connection ID, replies "send_to RESULT ERR"
@@ -107,6 +111,29 @@ function commands.flood(ws, n, size)
     end
     result.sent = result.sent + 1
   end
+end
+
+-- Each message is a string of its own that nothing in Lua refers to once
+-- sent, and a full collection runs before the next one is made: the server
+-- queues large strings without a copy, so this is what keeps them alive.
+function commands.bigsend(ws, n, size)
+  local ok = 0
+  for i = 1, tonumber(n) do
+    local head = i .. ":"
+    local fill = string.char(65 + i % 26, 97 + i % 26)
+    local reps = math.ceil((tonumber(size) - #head) / 2)
+    if ws:send((head .. string.rep(fill, reps)):sub(1, tonumber(size)), true) then
+      ok = ok + 1
+    end
+    collectgarbage("collect")
+  end
+  ws:send("bigsend " .. ok)
+end
+
+function commands.luamem(ws)
+  collectgarbage("collect")
+  collectgarbage("collect")
+  ws:send(("luamem %d"):format(collectgarbage("count")))
 end
 
 function commands.close(ws, code, ...)
