@@ -80,13 +80,7 @@ static void out_reserve(struct conn *c, size_t more)
         if (c->out_len + more <= c->out_cap)
             return;
     }
-    size_t cap = c->out_cap ? c->out_cap : 256;
-    while (cap < c->out_len + more)
-        cap *= 2;
-    c->out = realloc(c->out, cap);
-    if (!c->out)
-        die("out of memory");
-    c->out_cap = cap;
+    c->out = grow(c->out, &c->out_cap, c->out_len + more);
 }
 
 static void mark_dirty(struct conn *c)

@@ -174,6 +174,9 @@ static inline int in_window(const struct worker *w)
 
 /* Prints "loadgen: " and the message on stderr and exits with status 2. */
 __attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt, ...);
+/* Returns p reallocated to hold at least need bytes, *cap doubled (from 256
+ * when 0) until it does; takes ownership of p. Dies when memory runs out. */
+void *grow(void *p, size_t *cap, size_t need);
 
 /* ---- conn.c ----------------------------------------------------------- */
 

@@ -46,6 +46,18 @@ void die(const char *fmt, ...)
     exit(2);
 }
 
+void *grow(void *p, size_t *cap, size_t need)
+{
+    size_t n = *cap ? *cap : 256;
+    while (n < need)
+        n *= 2;
+    p = realloc(p, n);
+    if (!p)
+        die("out of memory");
+    *cap = n;
+    return p;
+}
+
 /* The bytes payloads are cut from (expect_of): a xorshift stream, printable
  * ASCII for text messages. */
 static uint8_t *pattern_new(size_t size, int binary)

@@ -65,34 +65,34 @@ void tls_free(struct conn *c)
     c->ssl = NULL;
 }
 
-/* write(2) or SSL_write: > 0 written, or -1 with errno (EAGAIN: try later). */
+/* SSL_read's or SSL_write's result r as read(2) or write(2) would give it:
+ * > 0 as it is, the peer's close_notify as 0 (reads only: a write then
+ * fails), -1 with errno EAGAIN while OpenSSL waits for the socket, else EIO. */
+static ssize_t tls_io_result(struct conn *c, int r, int reading)
+{
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(c->ssl, r);
+    if (reading && e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : EIO;
+    return -1;
+}
+
 ssize_t io_write(struct conn *c, const void *p, size_t n)
 {
     if (!c->ssl)
         return write(c->fd, p, n);
     ERR_clear_error();
-    int r = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
-    if (r > 0)
-        return r;
-    int e = SSL_get_error(c->ssl, r);
-    errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EIO;
-    return -1;
+    return tls_io_result(c, SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n), 0);
 }
 
-/* read(2) or SSL_read: > 0 read, 0 end of stream, -1 with errno. */
 ssize_t io_read(struct conn *c, void *p, size_t n)
 {
     if (!c->ssl)
         return read(c->fd, p, n);
     ERR_clear_error();
-    int r = SSL_read(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
-    if (r > 0)
-        return r;
-    int e = SSL_get_error(c->ssl, r);
-    if (e == SSL_ERROR_ZERO_RETURN)
-        return 0;
-    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : EIO;
-    return -1;
+    return tls_io_result(c, SSL_read(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n), 1);
 }
 
 /* ---- permessage-deflate ----------------------------------------------- */
@@ -157,15 +157,8 @@ long inflate_msg(struct worker *w, struct conn *c)
 
 void zin_append(struct conn *c, const uint8_t *p, size_t n)
 {
-    if (c->zin_len + n > c->zin_cap) {
-        size_t cap = c->zin_cap ? c->zin_cap * 2 : 256;
-        while (cap < c->zin_len + n)
-            cap *= 2;
-        c->zin = realloc(c->zin, cap);
-        if (!c->zin)
-            die("out of memory");
-        c->zin_cap = cap;
-    }
+    if (c->zin_len + n > c->zin_cap)
+        c->zin = grow(c->zin, &c->zin_cap, c->zin_len + n);
     memcpy(c->zin + c->zin_len, p, n);
     c->zin_len += n;
 }
