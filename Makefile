@@ -95,10 +95,12 @@ lint: test-deps
 	luacheck -q lua apps spec extensions bench
 	clang-format --dry-run -Werror core/src/*.[ch] core/bind/*.[ch] core/main.c core/test/*.[ch] \
 	  core/include/moonwire/*.h
+	$(MAKE) -s -C bench format-check
 
 format:
 	clang-format -i core/src/*.[ch] core/bind/*.[ch] core/main.c core/test/*.[ch] \
 	  core/include/moonwire/*.h
+	$(MAKE) -s -C bench format
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
