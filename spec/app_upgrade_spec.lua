@@ -14,21 +14,8 @@ local function hook_runs(srv, route)
   return tonumber(http.get(srv, "/hook_runs?route=" .. route).body)
 end
 
--- Sends an upgrade request for `path` and returns the response (a refusal or a 101).
-local function attempt(srv, path, opts)
-  local c = assert(ws.connect(srv))
-  local res = assert(c:handshake(path, opts))
-  return res, c
-end
-
--- Expects a refusal with `status`, then the TCP close. Returns the response.
-local function refused(srv, path, status, opts)
-  local res, c = attempt(srv, path, opts)
-  assert.are.equal(status, res.status, res.head .. "\n" .. tostring(res.body))
-  assert.is_truthy(res.headers["content-length"], "refusal without Content-Length: " .. res.head)
-  c:expect_tcp_close(2)
-  return res
-end
+-- ws.attempt sends an upgrade request (a refusal or a 101 comes back); ws.refused expects a refusal.
+local attempt, refused = ws.attempt, ws.refused
 
 -- Expects a 101 (accept key checked) and returns the response and the client.
 local function accepted(srv, path, opts)

@@ -36,20 +36,7 @@ local function data_of(srv, path, opts)
   return parse(c:expect_text()), c
 end
 
-local function attempt(srv, path)
-  local c = assert(ws.connect(srv))
-  local res = assert(c:handshake(path))
-  return res, c
-end
-
--- Expects a refusal with status; returns the response.
-local function refused(srv, path, status)
-  local res, c = attempt(srv, path)
-  assert.are.equal(status, res.status, res.head .. "\n" .. tostring(res.body))
-  assert.is_nil(res.headers["sec-websocket-accept"])
-  c:expect_tcp_close(2)
-  return res
-end
+local refused = ws.refused
 
 local function delta(before, after)
   local d = {}

@@ -347,6 +347,33 @@ function M.check_101(res)
   return true
 end
 
+-- Sends an upgrade request for `path`; returns the response and the client.
+function M.attempt(srv, path, opts)
+  local c = assert(M.connect(srv))
+  local res = assert(c:handshake(path, opts))
+  return res, c
+end
+
+-- Expects the upgrade of `path` to be refused with `status` (a response with
+-- Content-Length and without Sec-WebSocket-Accept), then the TCP close.
+-- Returns the response.
+function M.refused(srv, path, status, opts)
+  local res, c = M.attempt(srv, path, opts)
+  if res.status ~= status then
+    c:close_tcp()
+    error(("expected %d, got %s:\n%s\n%s"):format(status, tostring(res.status), res.head,
+      tostring(res.body)), 2)
+  end
+  local why = not res.headers["content-length"] and "without Content-Length"
+    or res.headers["sec-websocket-accept"] and "with Sec-WebSocket-Accept"
+  if why then
+    c:close_tcp()
+    error(("refusal %s: %s"):format(why, res.head), 2)
+  end
+  c:expect_tcp_close(2)
+  return res
+end
+
 -- Connects and completes a handshake on `path`; raises unless it got a valid 101.
 function M.open(srv, path, opts)
   local c = assert(M.connect(srv))
