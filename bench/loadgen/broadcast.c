@@ -268,14 +268,16 @@ int run_broadcast(const struct config *cfg)
            "\"fanout_p50_us\":%.2f,\"fanout_p99_us\":%.2f,\"lost\":%" PRIu64
            ",\"out_of_order\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"stalled\":%s,\"verified\":%s,"
            "\"gen_cpu_s\":%.3f,\"gen_idle\":%.3f,\"gen_bottleneck\":%s,\"server_cpu\":%.3f,"
-           "\"first_error\":\"%s\"}\n",
+           "\"first_error\":",
            cfg->conns, cfg->depth, cfg->size, cfg->binary ? "true" : "false", secs, w->published,
            (double)(pub1 - pub0) / secs, w->deliveries, dps, dps, dps * (double)cfg->size / 1e6,
            hist_pct(&w->lat, .5) / 1e3, hist_pct(&w->lat, .99) / 1e3, hist_pct(&w->lat, .999) / 1e3,
            (double)w->lat.max / 1e3, hist_pct(&w->fanout, .5) / 1e3,
            hist_pct(&w->fanout, .99) / 1e3, lost, w->out_of_order, w->errors + w->verify_errors,
            stalled ? "true" : "false", ok ? "true" : "false", cpu1 - cpu0, idle,
-           idle < 0.1 ? "true" : "false", server_share(scpu0, scpu1, wall), w->first_error);
+           idle < 0.1 ? "true" : "false", server_share(scpu0, scpu1, wall));
+    print_json_string(stdout, w->first_error);
+    printf("}\n");
     fflush(stdout);
     return ok ? 0 : 1;
 }

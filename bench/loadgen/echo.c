@@ -222,13 +222,15 @@ int run_echo(const struct config *cfg)
            "\"mean_us\":%.2f,\"errors\":%" PRIu64 ",\"verify_errors\":%" PRIu64
            ",\"conn_failed\":%" PRIu64 ",\"dropped\":%" PRIu64 ",\"open\":%" PRIu64
            ",\"verified\":%s,\"gen_cpu_s\":%.3f,\"gen_idle\":%.3f,\"gen_bottleneck\":%s,"
-           "\"server_cpu\":%.3f,\"first_error\":\"%s\"}\n",
+           "\"server_cpu\":%.3f,\"first_error\":",
            cfg->conns, cfg->depth, cfg->size, cfg->binary ? "true" : "false", T, secs, msgs, mps,
            mbs, hist_pct(lat, .5) / 1e3, hist_pct(lat, .9) / 1e3, hist_pct(lat, .99) / 1e3,
            hist_pct(lat, .999) / 1e3, (double)lat->max / 1e3,
            lat->n ? (double)lat->sum / (double)lat->n / 1e3 : 0.0, errors, verr, failed, dropped,
            open, ok ? "true" : "false", g_cpu1 - g_cpu0, idle, idle < 0.1 ? "true" : "false",
-           server_share(g_scpu0, g_scpu1, (double)(g_wall1 - g_wall0) / 1e9), first);
+           server_share(g_scpu0, g_scpu1, (double)(g_wall1 - g_wall0) / 1e9));
+    print_json_string(stdout, first);
+    printf("}\n");
     fflush(stdout);
     return ok ? 0 : 1;
 }

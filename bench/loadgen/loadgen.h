@@ -252,6 +252,10 @@ void hist_merge(struct hist *to, const struct hist *from);
 /* The value below which a fraction q of the samples lie (bucket midpoint). */
 double hist_pct(const struct hist *h, double q);
 
+/* Writes s as a JSON string, quotes included, with '"', '\\' and control
+ * characters escaped: for the strings that come from outside (label, host,
+ * error messages). */
+void print_json_string(FILE *f, const char *s);
 /* The JSON fields every mode's line starts with (no braces, no comma). */
 void print_json_common(FILE *f, const struct config *cfg);
 
