@@ -165,7 +165,7 @@ int run_broadcast(const struct config *cfg)
     for (int i = 0; i < cfg->conns; i++)
         w->conns[i].role = R_SUB;
     /* subscribers first, then the publisher (conns[nconns], id 0) */
-    build_request(w, cfg->sub_path);
+    build_request(w, cfg->sub_path, R_SUB);
     double cs = worker_connect(w, 512, 30);
     struct conn *pub = &w->conns[cfg->conns];
     pub->id = 0;
@@ -173,7 +173,7 @@ int run_broadcast(const struct config *cfg)
     pub->fd = -1;
     pub->role = R_PUB;
     w->pub = pub;
-    build_request(w, cfg->pub_path);
+    build_request(w, cfg->pub_path, R_PUB);
     conn_start(w, pub);
     uint64_t deadline = now_ns() + 10000000000u;
     while (pub->state != ST_OPEN && pub->state != ST_CLOSED && now_ns() < deadline)

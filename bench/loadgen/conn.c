@@ -342,7 +342,14 @@ static void raw_input(struct conn *c, const uint8_t *p, size_t n)
 static const char *const hs_key = "dGhlIHNhbXBsZSBub25jZQ==";
 static const char *const hs_accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="; /* RFC 6455 1.3 */
 
-void build_request(struct worker *w, const char *path)
+/* The port a connection in this role connects to (and names in Host:):
+ * broadcast's publisher may talk to another server (--pub-port). */
+static int role_port(const struct config *cfg, enum role role)
+{
+    return role == R_PUB && cfg->pub_port ? cfg->pub_port : cfg->port;
+}
+
+void build_request(struct worker *w, const char *path, enum role role)
 {
     const struct config *cfg = w->cfg;
     w->hs_request_len =
@@ -350,7 +357,7 @@ void build_request(struct worker *w, const char *path)
                          "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                          "Sec-WebSocket-Version: 13\r\n%s\r\n",
-                         path, cfg->host, cfg->port, hs_key,
+                         path, cfg->host, role_port(cfg, role), hs_key,
                          cfg->deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
                                         "client_no_context_takeover; server_no_context_takeover\r\n"
                                       : "");
@@ -382,8 +389,8 @@ int conn_start(struct worker *w, struct conn *c)
             return -1;
         }
     }
-    int port = c->role == R_PUB && cfg->pub_port ? cfg->pub_port : cfg->port;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)role_port(cfg, c->role))};
     inet_pton(AF_INET, cfg->host, &sa.sin_addr);
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS) {
         conn_error(c, "connect: %s", strerror(errno));
@@ -619,5 +626,5 @@ void worker_init(struct worker *w, const struct config *cfg, int index, int ncon
         w->conns[i].fd = -1;
         w->conns[i].role = R_ECHO;
     }
-    build_request(w, cfg->path);
+    build_request(w, cfg->path, R_ECHO);
 }

@@ -192,8 +192,9 @@ double worker_connect(struct worker *w, int pending, double timeout);
 void worker_poll(struct worker *w, int timeout_ms);
 /* Writes what the connections queued since the last flush. */
 void flush_dirty(struct worker *w);
-/* Builds the upgrade request for path that w's next conn_start sends. */
-void build_request(struct worker *w, const char *path);
+/* Builds the upgrade request for path that w's next conn_start sends, its
+ * Host: naming the port a connection in this role connects to. */
+void build_request(struct worker *w, const char *path, enum role role);
 /* Starts connecting c (role and id already set); -1 if that failed at once. */
 int conn_start(struct worker *w, struct conn *c);
 /* Appends one masked frame (compressed first with --deflate, for data
