@@ -121,7 +121,6 @@ static void sub_done(struct conn *c)
         return;
     }
     c->expect_seq = seq + 1;
-    w->deliveries_total++;
     if (in_window(w)) {
         w->deliveries++;
         hist_add(&w->lat, w->now - ts);

@@ -612,7 +612,6 @@ void worker_init(struct worker *w, const struct config *cfg, int index, int ncon
     w->index = index;
     w->ep = epoll_create1(EPOLL_CLOEXEC);
     w->nconns = nconns;
-    w->first_id = first_id;
     w->conns = calloc((size_t)nconns + 1, sizeof *w->conns);
     w->dirty = calloc((size_t)nconns + 1, sizeof *w->dirty);
     w->rbuf = malloc(RBUF_SIZE);
