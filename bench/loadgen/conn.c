@@ -363,16 +363,26 @@ void build_request(struct worker *w, const char *path, enum role role)
                                       : "");
 }
 
+/* conn_start's failure after `call` set errno: counted, the socket (if
+ * any) closed and c->fd cleared, so that nothing later closes the number
+ * again once another socket has it. c is left closed; returns -1. */
+static int start_failed(struct conn *c, const char *call)
+{
+    conn_error(c, "%s: %s", call, strerror(errno));
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    c->state = ST_CLOSED;
+    c->w->conn_failed++;
+    return -1;
+}
+
 int conn_start(struct worker *w, struct conn *c)
 {
     const struct config *cfg = w->cfg;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) {
-        conn_error(c, "socket: %s", strerror(errno));
-        c->state = ST_CLOSED;
-        w->conn_failed++;
-        return -1;
-    }
+    if (c->fd < 0)
+        return start_failed(c, "socket");
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (cfg->src_addrs > 0) {
@@ -381,24 +391,14 @@ int conn_start(struct worker *w, struct conn *c)
         struct sockaddr_in src = {.sin_family = AF_INET};
         src.sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(c->id % cfg->src_addrs));
         setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-        if (bind(c->fd, (struct sockaddr *)&src, sizeof src) != 0) {
-            conn_error(c, "bind: %s", strerror(errno));
-            close(c->fd);
-            c->state = ST_CLOSED;
-            w->conn_failed++;
-            return -1;
-        }
+        if (bind(c->fd, (struct sockaddr *)&src, sizeof src) != 0)
+            return start_failed(c, "bind");
     }
     struct sockaddr_in sa = {.sin_family = AF_INET,
                              .sin_port = htons((uint16_t)role_port(cfg, c->role))};
     inet_pton(AF_INET, cfg->host, &sa.sin_addr);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS) {
-        conn_error(c, "connect: %s", strerror(errno));
-        close(c->fd);
-        c->state = ST_CLOSED;
-        w->conn_failed++;
-        return -1;
-    }
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS)
+        return start_failed(c, "connect");
     c->state = ST_CONNECTING;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     c->out_armed = 1;
