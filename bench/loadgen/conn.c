@@ -452,7 +452,10 @@ static void handshake_input(struct conn *c, const uint8_t *p, size_t n)
                 v++;
             ok = strncmp(v, hs_accept, 28) == 0;
         } else if (strncasecmp(l + 2, "sec-websocket-extensions:", 25) == 0) {
-            pmd = strstr(l + 2, "permessage-deflate") != NULL;
+            /* this header line only (it ends by `end`), not the headers or the
+             * frames after it */
+            char *eol = strstr(l + 2, "\r\n");
+            pmd = memmem(l + 2, (size_t)(eol - (l + 2)), "permessage-deflate", 18) != NULL;
         }
     }
     if (!ok) {
