@@ -121,7 +121,6 @@ static void sub_done(struct conn *c)
         return;
     }
     c->expect_seq = seq + 1;
-    w->deliveries_total++;
     if (in_window(w)) {
         w->deliveries++;
         hist_add(&w->lat, w->now - ts);
@@ -165,7 +164,7 @@ int run_broadcast(const struct config *cfg)
     for (int i = 0; i < cfg->conns; i++)
         w->conns[i].role = R_SUB;
     /* subscribers first, then the publisher (conns[nconns], id 0) */
-    build_request(w, cfg->sub_path);
+    build_request(w, cfg->sub_path, R_SUB);
     double cs = worker_connect(w, 512, 30);
     struct conn *pub = &w->conns[cfg->conns];
     pub->id = 0;
@@ -173,7 +172,7 @@ int run_broadcast(const struct config *cfg)
     pub->fd = -1;
     pub->role = R_PUB;
     w->pub = pub;
-    build_request(w, cfg->pub_path);
+    build_request(w, cfg->pub_path, R_PUB);
     conn_start(w, pub);
     uint64_t deadline = now_ns() + 10000000000u;
     while (pub->state != ST_OPEN && pub->state != ST_CLOSED && now_ns() < deadline)
@@ -268,14 +267,16 @@ int run_broadcast(const struct config *cfg)
            "\"fanout_p50_us\":%.2f,\"fanout_p99_us\":%.2f,\"lost\":%" PRIu64
            ",\"out_of_order\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"stalled\":%s,\"verified\":%s,"
            "\"gen_cpu_s\":%.3f,\"gen_idle\":%.3f,\"gen_bottleneck\":%s,\"server_cpu\":%.3f,"
-           "\"first_error\":\"%s\"}\n",
+           "\"first_error\":",
            cfg->conns, cfg->depth, cfg->size, cfg->binary ? "true" : "false", secs, w->published,
            (double)(pub1 - pub0) / secs, w->deliveries, dps, dps, dps * (double)cfg->size / 1e6,
            hist_pct(&w->lat, .5) / 1e3, hist_pct(&w->lat, .99) / 1e3, hist_pct(&w->lat, .999) / 1e3,
            (double)w->lat.max / 1e3, hist_pct(&w->fanout, .5) / 1e3,
            hist_pct(&w->fanout, .99) / 1e3, lost, w->out_of_order, w->errors + w->verify_errors,
            stalled ? "true" : "false", ok ? "true" : "false", cpu1 - cpu0, idle,
-           idle < 0.1 ? "true" : "false", server_share(scpu0, scpu1, wall), w->first_error);
+           idle < 0.1 ? "true" : "false", server_share(scpu0, scpu1, wall));
+    print_json_string(stdout, w->first_error);
+    printf("}\n");
     fflush(stdout);
     return ok ? 0 : 1;
 }

@@ -342,7 +342,14 @@ static void raw_input(struct conn *c, const uint8_t *p, size_t n)
 static const char *const hs_key = "dGhlIHNhbXBsZSBub25jZQ==";
 static const char *const hs_accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="; /* RFC 6455 1.3 */
 
-void build_request(struct worker *w, const char *path)
+/* The port a connection in this role connects to (and names in Host:):
+ * broadcast's publisher may talk to another server (--pub-port). */
+static int role_port(const struct config *cfg, enum role role)
+{
+    return role == R_PUB && cfg->pub_port ? cfg->pub_port : cfg->port;
+}
+
+void build_request(struct worker *w, const char *path, enum role role)
 {
     const struct config *cfg = w->cfg;
     w->hs_request_len =
@@ -350,22 +357,32 @@ void build_request(struct worker *w, const char *path)
                          "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                          "Sec-WebSocket-Version: 13\r\n%s\r\n",
-                         path, cfg->host, cfg->port, hs_key,
+                         path, cfg->host, role_port(cfg, role), hs_key,
                          cfg->deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
                                         "client_no_context_takeover; server_no_context_takeover\r\n"
                                       : "");
+}
+
+/* conn_start's failure after `call` set errno: counted, the socket (if
+ * any) closed and c->fd cleared, so that nothing later closes the number
+ * again once another socket has it. c is left closed; returns -1. */
+static int start_failed(struct conn *c, const char *call)
+{
+    conn_error(c, "%s: %s", call, strerror(errno));
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    c->state = ST_CLOSED;
+    c->w->conn_failed++;
+    return -1;
 }
 
 int conn_start(struct worker *w, struct conn *c)
 {
     const struct config *cfg = w->cfg;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) {
-        conn_error(c, "socket: %s", strerror(errno));
-        c->state = ST_CLOSED;
-        w->conn_failed++;
-        return -1;
-    }
+    if (c->fd < 0)
+        return start_failed(c, "socket");
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (cfg->src_addrs > 0) {
@@ -374,24 +391,14 @@ int conn_start(struct worker *w, struct conn *c)
         struct sockaddr_in src = {.sin_family = AF_INET};
         src.sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(c->id % cfg->src_addrs));
         setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-        if (bind(c->fd, (struct sockaddr *)&src, sizeof src) != 0) {
-            conn_error(c, "bind: %s", strerror(errno));
-            close(c->fd);
-            c->state = ST_CLOSED;
-            w->conn_failed++;
-            return -1;
-        }
+        if (bind(c->fd, (struct sockaddr *)&src, sizeof src) != 0)
+            return start_failed(c, "bind");
     }
-    int port = c->role == R_PUB && cfg->pub_port ? cfg->pub_port : cfg->port;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)role_port(cfg, c->role))};
     inet_pton(AF_INET, cfg->host, &sa.sin_addr);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS) {
-        conn_error(c, "connect: %s", strerror(errno));
-        close(c->fd);
-        c->state = ST_CLOSED;
-        w->conn_failed++;
-        return -1;
-    }
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS)
+        return start_failed(c, "connect");
     c->state = ST_CONNECTING;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     c->out_armed = 1;
@@ -445,7 +452,10 @@ static void handshake_input(struct conn *c, const uint8_t *p, size_t n)
                 v++;
             ok = strncmp(v, hs_accept, 28) == 0;
         } else if (strncasecmp(l + 2, "sec-websocket-extensions:", 25) == 0) {
-            pmd = strstr(l + 2, "permessage-deflate") != NULL;
+            /* this header line only (it ends by `end`), not the headers or the
+             * frames after it */
+            char *eol = strstr(l + 2, "\r\n");
+            pmd = memmem(l + 2, (size_t)(eol - (l + 2)), "permessage-deflate", 18) != NULL;
         }
     }
     if (!ok) {
@@ -605,7 +615,6 @@ void worker_init(struct worker *w, const struct config *cfg, int index, int ncon
     w->index = index;
     w->ep = epoll_create1(EPOLL_CLOEXEC);
     w->nconns = nconns;
-    w->first_id = first_id;
     w->conns = calloc((size_t)nconns + 1, sizeof *w->conns);
     w->dirty = calloc((size_t)nconns + 1, sizeof *w->dirty);
     w->rbuf = malloc(RBUF_SIZE);
@@ -619,5 +628,5 @@ void worker_init(struct worker *w, const struct config *cfg, int index, int ncon
         w->conns[i].fd = -1;
         w->conns[i].role = R_ECHO;
     }
-    build_request(w, cfg->path);
+    build_request(w, cfg->path, R_ECHO);
 }

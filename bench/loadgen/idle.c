@@ -84,16 +84,18 @@ static void idle_warmup(const struct config *cfg)
     nanosleep(&settle, NULL);
 }
 
+#define MAX_PROCS 64
+
 int run_idle(const struct config *cfg)
 {
     int P = cfg->procs < 1 ? 1 : cfg->procs;
+    if (P > MAX_PROCS) /* before the warm-up forks anything */
+        die("--procs at most %d", MAX_PROCS);
     if (cfg->server_pid)
         idle_warmup(cfg);
     long base_kb = cfg->server_pid ? read_rss_kb(cfg->server_pid) : -1;
-    int ctl[64][2], res[64][2];
-    pid_t pids[64];
-    if (P > 64)
-        die("--procs at most 64");
+    int ctl[MAX_PROCS][2], res[MAX_PROCS][2];
+    pid_t pids[MAX_PROCS];
     int per = cfg->conns / P, extra = cfg->conns % P, id = 0;
     uint64_t t0 = now_ns();
     for (int p = 0; p < P; p++) {
@@ -114,9 +116,12 @@ int run_idle(const struct config *cfg)
     }
     uint64_t open = 0, failed = 0;
     double ramp = 0;
-    FILE *rf[64];
+    FILE *rf[MAX_PROCS];
     for (int p = 0; p < P; p++) {
+        /* the children need no cleanup: they end when ctl closes at our exit */
         rf[p] = fdopen(res[p][0], "r");
+        if (!rf[p])
+            die("fdopen: %s", strerror(errno));
         uint64_t o = 0, f = 0;
         double r = 0;
         if (fscanf(rf[p], " ramped %" SCNu64 " %" SCNu64 " %lf", &o, &f, &r) != 3)

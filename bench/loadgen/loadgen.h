@@ -94,11 +94,11 @@ struct conn {
     /* output: frames appended here, flushed once per batch of events */
     uint8_t *out;
     size_t out_len, out_off, out_cap;
-    /* handshake: bytes of the request sent, of the response received */
+    /* handshake: the response received so far */
     char *hs;
-    size_t hs_len, hs_sent;
+    size_t hs_len;
     /* receive: frame header being assembled, the frame's remaining payload */
-    uint8_t hdr[14], hdr_len, opcode, fin, in_msg, msg_opcode;
+    uint8_t hdr[14], hdr_len, opcode, fin, in_msg;
     uint8_t ctl_len, ctl[125];
     uint64_t frame_left, rx_off;
     /* echo: messages sent and received, send times of those in flight */
@@ -127,7 +127,7 @@ struct worker {
     const struct config *cfg; /* borrowed from main for the whole run */
     int index, ep;
     struct conn *conns;
-    int nconns, first_id;
+    int nconns;
     payload_fn *on_payload;
     message_fn *on_message;
     char hs_request[512]; /* the upgrade request its next connections send */
@@ -151,7 +151,7 @@ struct worker {
     struct pubslot *slots;
     uint8_t *pub_msg; /* the publish being built */
     uint64_t next_seq, oldest_seq;
-    uint64_t published, lost, out_of_order, deliveries, deliveries_total;
+    uint64_t published, lost, out_of_order, deliveries;
     int nsubs;
     /* --deflate: one stream each way, reset per message */
     z_stream zc, zd;
@@ -192,8 +192,9 @@ double worker_connect(struct worker *w, int pending, double timeout);
 void worker_poll(struct worker *w, int timeout_ms);
 /* Writes what the connections queued since the last flush. */
 void flush_dirty(struct worker *w);
-/* Builds the upgrade request for path that w's next conn_start sends. */
-void build_request(struct worker *w, const char *path);
+/* Builds the upgrade request for path that w's next conn_start sends, its
+ * Host: naming the port a connection in this role connects to. */
+void build_request(struct worker *w, const char *path, enum role role);
 /* Starts connecting c (role and id already set); -1 if that failed at once. */
 int conn_start(struct worker *w, struct conn *c);
 /* Appends one masked frame (compressed first with --deflate, for data
@@ -252,6 +253,10 @@ void hist_merge(struct hist *to, const struct hist *from);
 /* The value below which a fraction q of the samples lie (bucket midpoint). */
 double hist_pct(const struct hist *h, double q);
 
+/* Writes s as a JSON string, quotes included, with '"', '\\' and control
+ * characters escaped: for the strings that come from outside (label, host,
+ * error messages). */
+void print_json_string(FILE *f, const char *s);
 /* The JSON fields every mode's line starts with (no braces, no comma). */
 void print_json_common(FILE *f, const struct config *cfg);
 

@@ -126,8 +126,29 @@ double hist_pct(const struct hist *h, double q)
 
 /* ---- the report ------------------------------------------------------- */
 
+/* RFC 8259 7: '"', '\\' and the control characters must be escaped; other
+ * bytes go out as they are, so UTF-8 passes through. */
+void print_json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
 void print_json_common(FILE *f, const struct config *cfg)
 {
-    fprintf(f, "\"label\":\"%s\",\"host\":\"%s\",\"port\":%d,\"tls\":%s,\"deflate\":%s", cfg->label,
-            cfg->host, cfg->port, cfg->tls ? "true" : "false", cfg->deflate ? "true" : "false");
+    fputs("\"label\":", f);
+    print_json_string(f, cfg->label);
+    fputs(",\"host\":", f);
+    print_json_string(f, cfg->host);
+    fprintf(f, ",\"port\":%d,\"tls\":%s,\"deflate\":%s", cfg->port, cfg->tls ? "true" : "false",
+            cfg->deflate ? "true" : "false");
 }
