@@ -473,6 +473,9 @@ static void handshake_input(struct conn *c, const uint8_t *p, size_t n)
     conn_opened(c);
     if (rest)
         ws_input(c, tmp, rest);
+    /* and those of this read that did not fit the head's buffer */
+    if (take < n && c->state != ST_CLOSED)
+        ws_input(c, p + take, n - take);
 }
 
 static void send_request(struct conn *c)
