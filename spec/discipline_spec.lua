@@ -413,6 +413,21 @@ describe("discipline", function()
       c:close_handshake(1000)
     end)
 
+    it("queues one large string sent many times without a copy per send", function()
+      local srv = server.start(PROBE, { flags = { "--max-buffered", "134217728" } })
+      local obs = probe.observer(srv)
+      local slow = probe.open(srv)
+      local rss0 = srv:rss_kb()
+      -- One 256 KiB string sent 256 times (64 MiB) to a client that does not read.
+      slow:send_text("flood 256 262144")
+      obs:send_text("flood_result " .. slow.id)
+      local result = probe.decode(obs:expect_text())
+      assert.are.same({ ok = true, sent = 256 }, result)
+      local grown = srv:rss_kb() - rss0
+      assert.is_true(grown < 16 * 1024, ("the server grew by %d KiB for 64 MiB queued"):format(grown))
+      slow:reset()
+    end)
+
     it("does not close a client that reads while a moderate burst is sent", function()
       local srv = server.start(PROBE, { flags = { "--max-buffered", "4194304" } })
       local c = probe.open(srv)
