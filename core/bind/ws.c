@@ -139,8 +139,16 @@ void mw__ws_unpin(void *ud, const uint32_t *pins, size_t n)
     lua_State *L = S->L;
     lua_getfield(L, LUA_REGISTRYINDEX, PINS_KEY);
     for (size_t i = 0; i < n; i++) {
-        lua_pushnil(L);
-        lua_rawseti(L, -2, (int)pins[i]);
+        /* A pin whose string the Lua side never stored (an error between
+         * the send and the store) stays nil: setting it again could grow
+         * the table, outside any protected call. */
+        lua_rawgeti(L, -1, (int)pins[i]);
+        int held = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+        if (held) {
+            lua_pushnil(L);
+            lua_rawseti(L, -2, (int)pins[i]);
+        }
     }
     lua_pop(L, 1);
 }

@@ -201,18 +201,20 @@ void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size
 void mw__outq_append_pinned(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
                             const void *data, size_t len, uint32_t pin)
 {
-    append_bytes(pool, q, hdr, hlen, hlen);
+    (void)pool;
     mw_chunk_t *c = mw__xmalloc(sizeof *c + sizeof(mw_pin_src_t));
     c->next = NULL;
     c->ref = NULL;
     c->start = 0;
-    c->end = (uint32_t)len;
+    c->end = (uint32_t)(hlen + len);
     c->cap = MW_CHUNK_PIN;
     mw_pin_src_t *s = (mw_pin_src_t *)(void *)c->data;
     s->data = data;
     s->pin = pin;
+    s->hlen = (uint8_t)hlen;
+    memcpy(s->hdr, hdr, hlen);
     link_tail(q, c);
-    q->bytes += len;
+    q->bytes += hlen + len;
 }
 
 void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b)
@@ -287,23 +289,31 @@ long mw__outq_fill(mw_chunk_pool_t *pool, mw_outq_t *q)
     return (long)n;
 }
 
-/* Where a memory chunk's bytes are. */
-static const uint8_t *chunk_bytes(const mw_chunk_t *c)
-{
-    if (c->ref)
-        return c->ref->data;
-    if (c->cap == MW_CHUNK_PIN)
-        return ((const mw_pin_src_t *)(const void *)c->data)->data;
-    return c->data;
-}
-
 int mw__outq_iov(const mw_outq_t *q, struct iovec *iov, int max)
 {
     int n = 0;
     for (mw_chunk_t *c = q->head; c && n < max && c->cap != MW_CHUNK_FILE; c = c->next) {
         if (c->end == c->start)
             continue;
-        iov[n].iov_base = (void *)(uintptr_t)(chunk_bytes(c) + c->start);
+        if (c->cap == MW_CHUNK_PIN) {
+            /* Its header (what is left of it), then the app's bytes. */
+            const mw_pin_src_t *s = (const mw_pin_src_t *)(const void *)c->data;
+            uint32_t at = c->start;
+            if (at < s->hlen) {
+                iov[n].iov_base = (void *)(uintptr_t)(s->hdr + at);
+                iov[n].iov_len = s->hlen - at;
+                n++;
+                at = s->hlen;
+                if (n == max)
+                    break;
+            }
+            iov[n].iov_base = (void *)(uintptr_t)(s->data + (at - s->hlen));
+            iov[n].iov_len = c->end - at;
+            n++;
+            continue;
+        }
+        uint8_t *base = c->ref ? c->ref->data : c->data;
+        iov[n].iov_base = base + c->start;
         iov[n].iov_len = c->end - c->start;
         n++;
     }

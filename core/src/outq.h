@@ -30,15 +30,19 @@ typedef struct mw_file_src {
 
 #define MW_CHUNK_FILE UINT32_MAX /* cap of a file chunk */
 
-/* A chunk whose bytes belong to the app (a Lua string the binding keeps
- * alive under a pin number) so that a large payload is written from where
- * it is instead of being copied into the queue. When the chunk is written
- * or dropped its pin goes on the pool's released list; the binding lets the
- * string go at its next safe point (mw__pool_pins_released) and the number
- * is then free for reuse. The chunk never touches the bytes after that. */
+/* A chunk whose payload belongs to the app (a Lua string the binding keeps
+ * alive under a pin number), so that a large payload is written from where
+ * it is instead of being copied into the queue. The chunk carries the
+ * frame's header itself: its bytes [start, end) run over hdr[0..hlen) and
+ * then data[0..end - hlen). When the chunk is written or dropped its pin
+ * goes on the pool's released list; the binding lets the string go at its
+ * next safe point (mw_app_ops_t.pins_released) and mw__pool_pins_reuse then
+ * frees the number. The chunk never touches the bytes after that. */
 typedef struct mw_pin_src {
     const uint8_t *data;
     uint32_t pin;
+    uint8_t hlen;
+    uint8_t hdr[15]; /* up to MW_WS_MAX_HEADER (14) */
 } mw_pin_src_t;
 
 #define MW_CHUNK_PIN (UINT32_MAX - 1) /* cap of a pinned chunk */
@@ -57,7 +61,7 @@ typedef struct mw_chunk {
     mw_rbuf_t *ref; /* when set, the bytes are ref->data[start..end) */
     uint32_t start; /* first byte not yet written */
     uint32_t end;   /* end of valid bytes */
-    uint32_t cap;   /* capacity of data[] (0 for ref chunks, MW_CHUNK_FILE for files) */
+    uint32_t cap;   /* capacity of data[] (0 for ref chunks); MW_CHUNK_FILE, MW_CHUNK_PIN */
     uint32_t pad;   /* keeps data[] 8-byte aligned (a file chunk stores a struct there) */
     uint8_t data[];
 } mw_chunk_t;
@@ -104,9 +108,9 @@ uint32_t mw__pool_pin_take(mw_chunk_pool_t *pool);
  * makes their numbers free again. */
 void mw__pool_pins_reuse(mw_chunk_pool_t *pool);
 
-/* Copies the header hdr[0..hlen) to the end of q and queues data[0..len)
+/* Queues a frame made of hdr[0..hlen) (copied; hlen <= 15) and data[0..len)
  * where it is, under pin (the caller keeps those bytes alive until the pin
- * is released). */
+ * is released): one small allocation whatever the size. */
 void mw__outq_append_pinned(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
                             const void *data, size_t len, uint32_t pin);
 
