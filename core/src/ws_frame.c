@@ -160,6 +160,56 @@ static ssize_t deliver(mw_ws_parser_t *p, uint8_t *data, size_t avail, size_t us
     return (ssize_t)(used + n);
 }
 
+/* The common frame in one go: a whole masked text or binary message of at
+ * most 125 bytes (FIN, no RSV bit, no fragmented message in progress) that
+ * lies entirely in buf, buf holding at least 6 bytes. Leaves the parser's
+ * state as it is (between messages) and returns what it consumed, the
+ * error of the general path for bad UTF-8, or 0 for any other frame, which
+ * the general path then parses (nothing was changed). Profiled: the
+ * general path's state keeping cost about 200 instructions per small
+ * message, more than the unmasking and the UTF-8 check. */
+static ssize_t parse_small(mw_ws_parser_t *p, uint8_t *buf, size_t len, mw_ws_event_t *ev)
+{
+    unsigned b0 = buf[0], b1 = buf[1];
+    size_t plen = b1 & B1_LEN;
+    if ((b0 != (B0_FIN | MW_WS_OP_TEXT) && b0 != (B0_FIN | MW_WS_OP_BINARY)) || !(b1 & B1_MASK) ||
+        plen > 125 || len - 6 < plen || (p->max_message_size && plen > p->max_message_size))
+        return 0;
+    uint8_t *data = buf + 6;
+    uint32_t m;
+    memcpy(&m, buf + 2, 4);
+    uint64_t k = (uint64_t)m << 32 | m, high = 0;
+    size_t i = 0;
+    for (; plen - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, data + i, 8);
+        w ^= k;
+        high |= w;
+        memcpy(data + i, &w, 8);
+    }
+    for (; i < plen; i++) {
+        data[i] ^= buf[2 + (i & 3)];
+        high |= data[i];
+    }
+    int text = b0 == (B0_FIN | MW_WS_OP_TEXT);
+    /* ASCII needs no more checking; anything else goes through the
+     * validator, which fails as the general path would. */
+    if (text && (high & UINT64_C(0x8080808080808080))) {
+        uint32_t st = MW_UTF8_ACCEPT;
+        if (mw__utf8_validate(&st, data, plen) < 0)
+            return fail(ev, MW_EUTF8, "invalid UTF-8 in a text message");
+        if (!mw__utf8_complete(st))
+            return fail(ev, MW_EUTF8, "text message ends inside a UTF-8 sequence");
+    }
+    *ev = (mw_ws_event_t){.type = MW_WS_EV_DATA,
+                          .opcode = (uint8_t)(b0 & B0_OPCODE),
+                          .first = 1,
+                          .last = 1,
+                          .data = data,
+                          .len = plen};
+    return (ssize_t)(6 + plen);
+}
+
 ssize_t mw__ws_parse(mw_ws_parser_t *p, uint8_t *buf, size_t len, mw_ws_event_t *ev)
 {
     unsigned b0, b1, op, len7;
@@ -167,9 +217,16 @@ ssize_t mw__ws_parse(mw_ws_parser_t *p, uint8_t *buf, size_t len, mw_ws_event_t 
     uint64_t plen;
     const char *why;
 
-    memset(ev, 0, sizeof *ev);
-    if (p->in_frame)
+    if (p->in_frame) {
+        memset(ev, 0, sizeof *ev);
         return deliver(p, buf, len, 0, ev);
+    }
+    if (p->server && !p->msg_opcode && len >= 6) {
+        ssize_t r = parse_small(p, buf, len, ev);
+        if (r)
+            return r;
+    }
+    memset(ev, 0, sizeof *ev);
 
     if (len < 1)
         return 0;

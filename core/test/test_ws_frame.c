@@ -950,6 +950,77 @@ static void test_random_chunking(void)
     CHECK_EQ(bad, 0);
 }
 
+/* Small whole masked messages take a fast path in mw__ws_parse; fed one
+ * byte at a time the same frames take the general one. Random streams of
+ * such frames, with payloads of ASCII, valid multi-byte UTF-8, truncated
+ * characters and arbitrary bytes, and now and then a frame the fast path
+ * must leave alone (control, fragment, RSV1, above 125 bytes, over the
+ * size limit), must give the same transcript and the same error both
+ * ways. */
+static void test_small_frames_both_paths(void)
+{
+    static stream_t s, copy;
+    static size_t cuts[sizeof s.b];
+    static const char *const pieces[] = {
+        "a",    "Z",        " ",    "\xc3\xa9",     "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+        "\xc3", "\xe2\x82", "\xff", "\xed\xa0\x80", "\x80",         "\x7f"};
+    static const uint64_t limits[] = {0, 10, 64, 125, 2000};
+    uint8_t payload[300];
+    long bad = 0, errors = 0;
+
+    for (int iter = 0; iter < 3000; iter++) {
+        mw_ws_parser_t cfg = server_cfg();
+        cfg.max_message_size = limits[rng() % 5];
+        cfg.rsv1_allowed = (uint8_t)(rng() % 2);
+        s.n = 0;
+        int frames = 1 + (int)(rng() % 5);
+        for (int f = 0; f < frames; f++) {
+            uint32_t r = rng();
+            size_t len = 0;
+            /* Mostly ASCII, sometimes other pieces. */
+            size_t want = r % 8 == 0 ? 126 + r % 150 : r % 126;
+            while (len < want) {
+                const char *pc = rng() % 4 ? "x" : pieces[rng() % 12];
+                size_t k = strlen(pc);
+                if (len + k > want)
+                    break;
+                memcpy(payload + len, pc, k);
+                len += k;
+            }
+            switch ((r >> 12) % 10) {
+            case 0:
+                put_frame(&s, 0x89, 1, payload, len % 126); /* a ping */
+                break;
+            case 1:
+                put_frame(&s, 0x01, 1, payload, len); /* a fragmented text */
+                put_frame(&s, 0x80, 1, payload, len / 2);
+                break;
+            case 2:
+                put_frame(&s, 0xC1, 1, payload, len); /* RSV1 */
+                break;
+            default:
+                put_frame(&s, (r >> 16) % 2 ? 0x81 : 0x82, 1, payload, len);
+                break;
+            }
+        }
+        copy = s;
+        run_cuts(&cfg, &copy, NULL, 0, &res_whole);
+        errors += res_whole.err != 0;
+        for (size_t i = 0; i < s.n; i++)
+            cuts[i] = i + 1;
+        copy = s;
+        run_cuts(&cfg, &copy, cuts, s.n, &res_split);
+        bad += res_whole.violations != 0 || !same_result(&res_whole, &res_split);
+        size_t cut = rng() % (s.n + 1);
+        copy = s;
+        run_cuts(&cfg, &copy, &cut, 1, &res_split);
+        bad += !same_result(&res_whole, &res_split);
+    }
+    CHECK_EQ(bad, 0);
+    /* Both outcomes were exercised. */
+    CHECK(errors > 300 && errors < 2700);
+}
+
 /* ---- close payloads ---------------------------------------------------- */
 
 /* The valid-to-send set, spelled out independently of the code under test. */
@@ -1135,6 +1206,7 @@ int main(void)
     RUN(test_splits_valid);
     RUN(test_splits_errors);
     RUN(test_random_chunking);
+    RUN(test_small_frames_both_paths);
     RUN(test_close_codes);
     RUN(test_close_check);
     RUN(test_encoders);
