@@ -147,6 +147,15 @@ int mw__conn_send_shared(mw_conn_t *c, mw_rbuf_t *frame)
 
 int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len)
 {
+    /* The common frame, a small uncompressed data message with room in the
+     * tail chunk, in one go (profiled: the general path below cost about
+     * 130 instructions per 32-byte echo, this one a third of that). */
+    if (len <= 125 && opcode < MW_WS_OP_CLOSE && c->state == MW_CONN_OPEN &&
+        (!c->pmd || len < c->pmd->threshold) && !over_limit(c, len + 2) &&
+        mw__outq_append_small(&c->out, (uint8_t)(0x80 | opcode), data, len)) {
+        queued(c);
+        return MW_OK;
+    }
     uint8_t hdr[MW_WS_MAX_HEADER];
     if (c->pmd && opcode < MW_WS_OP_CLOSE && len >= c->pmd->threshold && c->state == MW_CONN_OPEN) {
         /* Admit before compressing: with context takeover a compressed

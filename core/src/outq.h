@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/uio.h>
 
 /* A shared, immutable byte buffer with a reference count (one worker only). */
@@ -113,6 +114,24 @@ void mw__pool_pins_reuse(mw_chunk_pool_t *pool);
  * is released): one small allocation whatever the size. */
 void mw__outq_append_pinned(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
                             const void *data, size_t len, uint32_t pin);
+
+/* The common small frame (a 2-byte header b0, len, then data; len <= 125)
+ * copied straight into the tail chunk when it has room: returns 1, or 0
+ * when the caller must take mw__outq_append2. */
+static inline int mw__outq_append_small(mw_outq_t *q, uint8_t b0, const void *data, size_t len)
+{
+    mw_chunk_t *t = q->tail;
+    if (!t || t->ref || t->cap == MW_CHUNK_FILE || t->cap == MW_CHUNK_PIN ||
+        t->cap - t->end < len + 2)
+        return 0;
+    uint8_t *o = t->data + t->end;
+    o[0] = b0;
+    o[1] = (uint8_t)len;
+    memcpy(o + 2, data, len);
+    t->end += (uint32_t)(len + 2);
+    q->bytes += len + 2;
+    return 1;
+}
 
 /* Queues the bytes of b (retained; the caller keeps its reference). */
 void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b);

@@ -143,10 +143,59 @@ static void test_pinned_backlog_has_no_header_chunks(void)
     mw__chunk_pool_free(&pool);
 }
 
+/* The small-frame shortcut writes only into a memory chunk with room,
+ * never into a pinned, shared or file chunk, and keeps the order. */
+static void test_append_small(void)
+{
+    static const uint8_t big[4096];
+    static const uint8_t hdr[4] = {0x82, 0x7e, 0x10, 0x00};
+    uint8_t got[8192];
+    mw_chunk_pool_t pool;
+    mw_outq_t q = {0};
+    mw__chunk_pool_init(&pool, 4);
+
+    CHECK_EQ(mw__outq_append_small(&q, 0x81, "a", 1), 0); /* empty queue */
+    mw__outq_append2(&pool, &q, "\x81\x01", 2, "b", 1);
+    CHECK_EQ(mw__outq_append_small(&q, 0x81, "cd", 2), 1);
+    mw__outq_append_pinned(&pool, &q, hdr, 4, big, sizeof big, mw__pool_pin_take(&pool));
+    CHECK_EQ(mw__outq_append_small(&q, 0x82, "e", 1), 0); /* pinned tail */
+    mw_rbuf_t *b = mw__rbuf_new("\x81\x01z", 3);
+    mw__outq_append_ref(&pool, &q, b);
+    mw__rbuf_release(b);
+    CHECK_EQ(mw__outq_append_small(&q, 0x82, "e", 1), 0); /* shared tail */
+    mw__outq_append2(&pool, &q, "\x81\x01", 2, "f", 1);
+    CHECK_EQ(mw__outq_append_small(&q, 0x82, "gh", 2), 1);
+    size_t total = 3 + 4 + 4 + sizeof big + 3 + 3 + 4;
+    CHECK_EQ(q.bytes, total);
+    size_t n = gather(&q, got, 64);
+    CHECK_EQ(n, total);
+    CHECK_MEM(got,
+              "\x81\x01"
+              "b"
+              "\x81\x02"
+              "cd",
+              7);
+    CHECK_MEM(got + 7, hdr, 4);
+    CHECK_MEM(got + 11 + sizeof big,
+              "\x81\x01z"
+              "\x81\x01"
+              "f"
+              "\x82\x02"
+              "gh",
+              10);
+    /* A full tail chunk is refused too. */
+    while (q.tail->end + 2 + 125 <= q.tail->cap)
+        CHECK_EQ(mw__outq_append_small(&q, 0x81, big, 125), 1);
+    CHECK_EQ(mw__outq_append_small(&q, 0x81, big, 125), 0);
+    mw__outq_clear(&pool, &q);
+    mw__chunk_pool_free(&pool);
+}
+
 int main(void)
 {
     RUN(test_order_at_every_consume_point);
     RUN(test_pins_released_on_clear_and_reused);
     RUN(test_pinned_backlog_has_no_header_chunks);
+    RUN(test_append_small);
     return mwt_summary();
 }
