@@ -26,6 +26,8 @@
  * This file: the command line, the configuration derived from it, and the
  * choice of mode; loadgen.h lists the other modules. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -97,6 +99,28 @@ static void usage(void)
     exit(2);
 }
 
+/* A whole-number option in [lo, hi], or the run stops naming it. */
+static long opt_int(const char *name, const char *v, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || end == v || *end || n < lo || n > hi)
+        die("%s: '%s' is not a whole number from %ld to %ld", name, v, lo, hi);
+    return n;
+}
+
+/* A number of seconds >= 0, or the run stops naming it. */
+static double opt_secs(const char *name, const char *v)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || end == v || *end || !(d >= 0 && d < 1e7))
+        die("%s: '%s' is not a number of seconds", name, v);
+    return d;
+}
+
 int main(int argc, char **argv)
 {
     struct config cfg = {
@@ -138,7 +162,7 @@ int main(int argc, char **argv)
         if (ARG("--host"))
             cfg.host = v;
         else if (ARG("--port"))
-            cfg.port = atoi(v);
+            cfg.port = (int)opt_int(a, v, 1, 65535);
         else if (ARG("--path"))
             cfg.path = v;
         else if (ARG("--sub-path"))
@@ -146,29 +170,29 @@ int main(int argc, char **argv)
         else if (ARG("--pub-path"))
             cfg.pub_path = v;
         else if (ARG("--pub-port"))
-            cfg.pub_port = atoi(v);
+            cfg.pub_port = (int)opt_int(a, v, 1, 65535);
         else if (ARG("--conns"))
-            cfg.conns = atoi(v);
+            cfg.conns = (int)opt_int(a, v, 1, 10000000);
         else if (ARG("--depth"))
-            cfg.depth = atoi(v);
+            cfg.depth = (int)opt_int(a, v, 1, 1000000);
         else if (ARG("--size"))
-            cfg.size = (size_t)strtoull(v, NULL, 10);
+            cfg.size = (size_t)opt_int(a, v, 1, 1L << 30);
         else if (ARG("--duration"))
-            cfg.duration = atof(v);
+            cfg.duration = opt_secs(a, v);
         else if (ARG("--warmup"))
-            cfg.warmup = atof(v);
+            cfg.warmup = opt_secs(a, v);
         else if (ARG("--threads"))
-            cfg.threads = atoi(v);
+            cfg.threads = (int)opt_int(a, v, 1, 64);
         else if (ARG("--procs"))
-            cfg.procs = atoi(v);
+            cfg.procs = (int)opt_int(a, v, 1, 1000000);
         else if (ARG("--src-addrs"))
-            cfg.src_addrs = atoi(v);
+            cfg.src_addrs = (int)opt_int(a, v, 0, 250);
         else if (ARG("--hold"))
-            cfg.hold = atof(v);
+            cfg.hold = opt_secs(a, v);
         else if (ARG("--ramp-pending"))
-            cfg.ramp_pending = atoi(v);
+            cfg.ramp_pending = (int)opt_int(a, v, 1, 1000000);
         else if (ARG("--server-pid"))
-            cfg.server_pid = atoi(v);
+            cfg.server_pid = (int)opt_int(a, v, 1, 1L << 30);
         else if (ARG("--label"))
             cfg.label = v;
         else if (!strcmp(a, "--binary"))
@@ -187,8 +211,11 @@ int main(int argc, char **argv)
             usage();
 #undef ARG
     }
-    if (cfg.conns < 1 || cfg.depth < 1 || cfg.size < 1 || cfg.duration <= 0)
-        die("--conns, --depth, --size and --duration must be positive");
+    if (cfg.duration <= 0)
+        die("--duration must be positive");
+    struct in_addr host;
+    if (inet_pton(AF_INET, cfg.host, &host) != 1)
+        die("--host: '%s' is not an IPv4 address (e.g. 127.0.0.1)", cfg.host);
     if (cfg.mode == MODE_IDLE) {
         cfg.depth = 1;
         cfg.size = 32;
