@@ -57,12 +57,6 @@ void mw__pool_pins_reuse(mw_chunk_pool_t *pool)
     pool->n_released = 0;
 }
 
-/* Whether bytes can be copied into c's data area. */
-static inline int chunk_takes_bytes(const mw_chunk_t *c)
-{
-    return !c->ref && c->cap != MW_CHUNK_FILE && c->cap != MW_CHUNK_PIN;
-}
-
 void mw__chunk_pool_free(mw_chunk_pool_t *pool)
 {
     free(pool->pins_released);
@@ -159,7 +153,7 @@ static void append_bytes(mw_chunk_pool_t *pool, mw_outq_t *q, const uint8_t *p, 
 {
     while (n > 0) {
         mw_chunk_t *t = q->tail;
-        if (!t || !chunk_takes_bytes(t) || t->end == t->cap) {
+        if (!t || !mw__chunk_takes_bytes(t) || t->end == t->cap) {
             /* A large remainder gets one exact-size chunk instead of many;
              * a frame that fits an empty queue whole, a small one. */
             int small = !q->head && total <= MW_CHUNK_SMALL;
@@ -183,7 +177,7 @@ void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size
      * and no loop. */
     mw_chunk_t *t = q->tail;
     size_t total = hlen + len;
-    if (t && chunk_takes_bytes(t) && t->cap - t->end >= total) {
+    if (t && mw__chunk_takes_bytes(t) && t->cap - t->end >= total) {
         if (hlen)
             memcpy(t->data + t->end, hdr, hlen);
         if (len)

@@ -115,14 +115,20 @@ void mw__pool_pins_reuse(mw_chunk_pool_t *pool);
 void mw__outq_append_pinned(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,
                             const void *data, size_t len, uint32_t pin);
 
+/* Whether bytes can be copied into c's data area (a memory chunk, not a
+ * shared, file or pinned one). */
+static inline int mw__chunk_takes_bytes(const mw_chunk_t *c)
+{
+    return !c->ref && c->cap != MW_CHUNK_FILE && c->cap != MW_CHUNK_PIN;
+}
+
 /* The common small frame (a 2-byte header b0, len, then data; len <= 125)
  * copied straight into the tail chunk when it has room: returns 1, or 0
  * when the caller must take mw__outq_append2. */
 static inline int mw__outq_append_small(mw_outq_t *q, uint8_t b0, const void *data, size_t len)
 {
     mw_chunk_t *t = q->tail;
-    if (!t || t->ref || t->cap == MW_CHUNK_FILE || t->cap == MW_CHUNK_PIN ||
-        t->cap - t->end < len + 2)
+    if (!t || !mw__chunk_takes_bytes(t) || t->cap - t->end < len + 2)
         return 0;
     uint8_t *o = t->data + t->end;
     o[0] = b0;

@@ -10,6 +10,10 @@
 #include "mwtest.h"
 #include "outq.h"
 
+/* A 4 KiB payload to pin and its binary frame header. */
+static const uint8_t big[4096];
+static const uint8_t hdr[4] = {0x82, 0x7e, 0x10, 0x00};
+
 /* The queue's unsent bytes, gathered through mw__outq_iov with at most
  * max iovecs per call (consuming nothing). */
 static size_t gather(const mw_outq_t *q, uint8_t *out, int max)
@@ -26,17 +30,17 @@ static size_t gather(const mw_outq_t *q, uint8_t *out, int max)
 
 static void test_order_at_every_consume_point(void)
 {
-    static uint8_t big[5000], want[6000], got[6000];
-    static const uint8_t hdr[4] = {0x82, 0x7e, 0x13, 0x88};
-    for (size_t i = 0; i < sizeof big; i++)
-        big[i] = (uint8_t)(i * 7 + 1);
-    /* "ab" + "cd" copied, then [hdr + big] pinned, then a shared "xyz". */
+    static uint8_t data[5000], want[6000], got[6000];
+    static const uint8_t dhdr[4] = {0x82, 0x7e, 0x13, 0x88};
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)(i * 7 + 1);
+    /* "ab" + "cd" copied, then [dhdr + data] pinned, then a shared "xyz". */
     size_t total = 0;
     memcpy(want, "abcd", 4);
-    memcpy(want + 4, hdr, 4);
-    memcpy(want + 8, big, sizeof big);
-    memcpy(want + 8 + sizeof big, "xyz", 3);
-    total = 8 + sizeof big + 3;
+    memcpy(want + 4, dhdr, 4);
+    memcpy(want + 8, data, sizeof data);
+    memcpy(want + 8 + sizeof data, "xyz", 3);
+    total = 8 + sizeof data + 3;
 
     for (size_t cut = 0; cut <= total; cut += (cut < 16 || total - cut < 16) ? 1 : 97) {
         for (int max = 1; max <= 4; max++) {
@@ -45,7 +49,7 @@ static void test_order_at_every_consume_point(void)
             mw__chunk_pool_init(&pool, 4);
             mw__outq_append2(&pool, &q, "ab", 2, "cd", 2);
             uint32_t pin = mw__pool_pin_take(&pool);
-            mw__outq_append_pinned(&pool, &q, hdr, 4, big, sizeof big, pin);
+            mw__outq_append_pinned(&pool, &q, dhdr, 4, data, sizeof data, pin);
             mw_rbuf_t *b = mw__rbuf_new("xyz", 3);
             mw__outq_append_ref(&pool, &q, b);
             mw__rbuf_release(b);
@@ -86,8 +90,6 @@ static void test_order_at_every_consume_point(void)
 
 static void test_pins_released_on_clear_and_reused(void)
 {
-    static const uint8_t big[4096];
-    static const uint8_t hdr[4] = {0x82, 0x7e, 0x10, 0x00};
     mw_chunk_pool_t pool;
     mw_outq_t q = {0};
     mw__chunk_pool_init(&pool, 4);
@@ -118,8 +120,6 @@ static void test_pins_released_on_clear_and_reused(void)
  * not given a (16 KiB) chunk of its own after each pinned tail. */
 static void test_pinned_backlog_has_no_header_chunks(void)
 {
-    static const uint8_t big[4096];
-    static const uint8_t hdr[4] = {0x82, 0x7e, 0x10, 0x00};
     mw_chunk_pool_t pool;
     mw_outq_t q = {0};
     mw__chunk_pool_init(&pool, 4);
@@ -147,8 +147,6 @@ static void test_pinned_backlog_has_no_header_chunks(void)
  * never into a pinned, shared or file chunk, and keeps the order. */
 static void test_append_small(void)
 {
-    static const uint8_t big[4096];
-    static const uint8_t hdr[4] = {0x82, 0x7e, 0x10, 0x00};
     uint8_t got[8192];
     mw_chunk_pool_t pool;
     mw_outq_t q = {0};
