@@ -326,7 +326,9 @@ def report(a):
     md.append("Each server runs on CPU 0 (`taskset -c 0`, one thread or process: GOMAXPROCS=1, "
               "one Node process, nginx `worker_processes 1`), the generator (`bench/loadgen`, one "
               "thread) on CPU 1. Every scenario runs %s times against a freshly started server, "
-              "%s s measured after 1 s of warm-up; cells are **median (min-max)**. Every echoed "
+              "%s s measured after 1 s of warm-up, the runs interleaved (run 1 of every server, "
+              "then run 2, ...) so that a drift in the shared machine's load does not land on "
+              "one server; cells are **median (min-max)**. Every echoed "
               "byte and every broadcast delivery (order, loss) is verified; a run that failed "
               "verification is marked. moonwire runs Lua handlers in every scenario "
               "(bench/apps/echo.lua, bench/apps/broadcast.lua).\n" % (a.runs, a.duration))

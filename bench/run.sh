@@ -236,38 +236,48 @@ say "$total runs: $(tr '\n' ' ' <<<"$scenarios")on $servers; server CPU $scpu, g
 n=0
 t0=$(date +%s)
 failures=0
-for item in "${plan[@]}"; do
-    read -r sc s v <<<"$item"
+# Runs interleave within a scenario: run 1 of every server, then run 2, and
+# so on, so a drift in the machine's load (it is shared) spreads over every
+# server of the scenario instead of landing on one, and the ratios of
+# medians stay comparable.
+order=()
+for sc in $scenarios; do
+    for i in $(seq "$runs"); do
+        for item in "${plan[@]}"; do
+            [ "${item%% *}" = "$sc" ] && order+=("$item $i")
+        done
+    done
+done
+for entry in "${order[@]}"; do
+    read -r sc s v i <<<"$entry"
     # shellcheck disable=SC2207
     args=($(scenario_args "$sc"))
     name="$sc.$s${v/#plain/}"
     [ "$v" != plain ] && name="$sc.$s-$v"
-    for i in $(seq "$runs"); do
-        n=$((n + 1))
-        f="$results/$name.$i.json"
-        if ! start_server "$s" "$(scenario_app "$sc")" "$v" "$sc"; then
-            echo "{\"mode\":\"${args[0]}\",\"label\":\"$s\",\"verified\":false,\"first_error\":\"server did not start\"}" >"$f"
-            failures=$((failures + 1))
-            continue
-        fi
-        gen=(taskset -c "$gcpu" "$out/loadgen" "${args[@]}" --port "$SPORT" --label "$s")
-        if [ "$s" = raw ]; then # plain TCP against the raw echo server
-            [ "${args[0]}" = echo ] && gen[4]=raw
-            [ "${args[0]}" = idle ] && gen+=(--tcp)
-        fi
-        gen+=(--server-pid "$RSSPID") # idle: RSS and CPU; others: CPU share
-        [ "${args[0]}" = broadcast ] && gen+=(--sub-path /sub --pub-path /pub)
-        [ -n "$PUBPORT" ] && gen+=(--pub-port "$PUBPORT")
-        [ "$v" = tls ] && gen+=(--tls)
-        [ "$v" = deflate ] && gen+=(--deflate)
-        "${gen[@]}" >"$f" 2>"$work/gen.err" || { failures=$((failures + 1)); cat "$work/gen.err" >&2; }
-        stop_server
-        line="$(python3 "$here/report.py" --summary "$f")"
-        el=$(($(date +%s) - t0))
-        eta=$((el * (total - n) / n))
-        printf '[%3d/%3d %3dm%02ds, ~%dm%02ds left] %-13s %-16s run %d: %s\n' "$n" "$total" \
-            $((el / 60)) $((el % 60)) $((eta / 60)) $((eta % 60)) "$sc" "$s${v/#plain/}" "$i" "$line; load $(cut -d' ' -f1 /proc/loadavg)" >&2
-    done
+    n=$((n + 1))
+    f="$results/$name.$i.json"
+    if ! start_server "$s" "$(scenario_app "$sc")" "$v" "$sc"; then
+        echo "{\"mode\":\"${args[0]}\",\"label\":\"$s\",\"verified\":false,\"first_error\":\"server did not start\"}" >"$f"
+        failures=$((failures + 1))
+        continue
+    fi
+    gen=(taskset -c "$gcpu" "$out/loadgen" "${args[@]}" --port "$SPORT" --label "$s")
+    if [ "$s" = raw ]; then # plain TCP against the raw echo server
+        [ "${args[0]}" = echo ] && gen[4]=raw
+        [ "${args[0]}" = idle ] && gen+=(--tcp)
+    fi
+    gen+=(--server-pid "$RSSPID") # idle: RSS and CPU; others: CPU share
+    [ "${args[0]}" = broadcast ] && gen+=(--sub-path /sub --pub-path /pub)
+    [ -n "$PUBPORT" ] && gen+=(--pub-port "$PUBPORT")
+    [ "$v" = tls ] && gen+=(--tls)
+    [ "$v" = deflate ] && gen+=(--deflate)
+    "${gen[@]}" >"$f" 2>"$work/gen.err" || { failures=$((failures + 1)); cat "$work/gen.err" >&2; }
+    stop_server
+    line="$(python3 "$here/report.py" --summary "$f")"
+    el=$(($(date +%s) - t0))
+    eta=$((el * (total - n) / n))
+    printf '[%3d/%3d %3dm%02ds, ~%dm%02ds left] %-13s %-16s run %d: %s\n' "$n" "$total" \
+        $((el / 60)) $((el % 60)) $((eta / 60)) $((eta % 60)) "$sc" "$s${v/#plain/}" "$i" "$line; load $(cut -d' ' -f1 /proc/loadavg)" >&2
 done
 
 # --- report ----------------------------------------------------------------
