@@ -442,6 +442,28 @@ size_t mw__conn_ws_input(mw_conn_t *c, uint8_t *buf, size_t len)
     size_t off = 0, batched = 0;
     while (off < len && !c->paused && (c->state == MW_CONN_OPEN || c->state == MW_CONN_CLOSING)) {
         mw_ws_event_t ev;
+        if (!c->pmd && c->state == MW_CONN_OPEN && !c->busy && !c->inbox_head &&
+            w->batch_n < MW_BATCH_MAX && (!w->batch_n || w->batch_conn == c)) {
+            /* The common read: whole small messages, straight into the
+             * batch (what on_data and deliver would do with them, in
+             * short; the idle clock is restarted once, below). */
+            size_t n;
+            ssize_t r = mw__ws_parse_whole(&c->p.ws, buf + off, len - off, w->batch + w->batch_n,
+                                           MW_BATCH_MAX - w->batch_n, &n, &ev);
+            if (n) {
+                w->stats.msgs_in += n;
+                w->batch_conn = c;
+                w->batch_n += n;
+                batched += n;
+            }
+            if (r < 0) {
+                fail(c, ev.close_code, ev.error);
+                return len;
+            }
+            off += (size_t)r;
+            if (off == len)
+                break;
+        }
         ssize_t r = mw__ws_parse(&c->p.ws, buf + off, len - off, &ev);
         if (r < 0) {
             fail(c, ev.close_code, ev.error);

@@ -15,6 +15,7 @@
 #include "http.h"
 #include "outq.h"
 #include "stats.h"
+#include "ws_frame.h"
 
 typedef struct mw_conn mw_conn_t;
 typedef struct mw_worker mw_worker_t;
@@ -31,11 +32,7 @@ typedef struct mw_route {
 
 /* A message that lies whole in the read buffer, waiting to be delivered
  * with the others of the same read (see on_batch). */
-typedef struct mw_msgref {
-    const uint8_t *data;
-    size_t len;
-    int binary;
-} mw_msgref_t;
+typedef mw_ws_whole_t mw_msgref_t;
 
 /* Most messages of one read handed to one on_batch call. */
 #define MW_BATCH_MAX 64

@@ -100,6 +100,26 @@ typedef struct mw_ws_event {
  * payload is read. */
 ssize_t mw__ws_parse(mw_ws_parser_t *p, uint8_t *buf, size_t len, mw_ws_event_t *ev);
 
+/* A whole message of one frame, as mw__ws_parse_whole reports it. */
+typedef struct mw_ws_whole {
+    const uint8_t *data; /* unmasked in place, in the caller's buffer */
+    size_t len;
+    int binary;
+} mw_ws_whole_t;
+
+/* The common case of a server's read in one call: parses the whole,
+ * unfragmented, masked text and binary frames of at most 125 payload bytes
+ * (no RSV bit, within max_message_size) at the start of buf, at most max of
+ * them, into out (*count of them), and returns the bytes they took. It stops
+ * at the first frame of any other kind, or one not wholly in buf, and
+ * leaves it to mw__ws_parse; the parser's state is unchanged (between
+ * messages), so the two can be mixed freely. A text frame that is not UTF-8
+ * fails as mw__ws_parse would: a negative MW_EUTF8 with ev set, and the
+ * frames before it in out (*count). Outside that case (a client's parser, or
+ * a fragmented message in progress) it parses nothing. */
+ssize_t mw__ws_parse_whole(mw_ws_parser_t *p, uint8_t *buf, size_t len, mw_ws_whole_t *out,
+                           size_t max, size_t *count, mw_ws_event_t *ev);
+
 /* Checks a close frame's payload (RFC 6455 5.5.1, 7.1.5, 7.4). Returns 0 and
  * sets *code (1005 when the payload is empty) if it is valid; returns 1002
  * for a 1-byte payload or a code that may not be sent (below 1000, 1004,

@@ -78,6 +78,9 @@ typedef struct {
     size_t mn;
     int in_msg;
     uint8_t msg_op, msg_rsv1;
+    int use_whole;      /* try mw__ws_parse_whole before each mw__ws_parse, as the
+                           connection layer does */
+    uint32_t whole_rng; /* its batch sizes */
 } caller_t;
 
 static void t_put(result_t *r, const void *p, size_t n)
@@ -111,6 +114,32 @@ static void feed(caller_t *c, result_t *r, const uint8_t *in, size_t n)
         ssize_t k;
 
         memcpy(buf, c->pend, c->pn);
+        if (c->use_whole) {
+            mw_ws_whole_t out[4];
+            size_t cnt = 99;
+            c->whole_rng = c->whole_rng * 1103515245u + 12345u;
+            k = mw__ws_parse_whole(&c->p, buf, c->pn, out, 1 + (c->whole_rng >> 16) % 4, &cnt, &ev);
+            r->violations += cnt > 4 || (k >= 0 && (size_t)k > c->pn);
+            for (size_t i = 0; i < cnt && i < 4; i++) {
+                r->events++;
+                r->violations += out[i].data < buf || out[i].data + out[i].len > buf + c->pn;
+                record(r, 'M', out[i].binary ? 2 : 1, 0, out[i].data, out[i].len);
+            }
+            if (k < 0) {
+                r->err = (int)k;
+                r->close_code = ev.close_code;
+                r->violations += ev.error == NULL;
+                free(buf);
+                return;
+            }
+            if (k > 0) {
+                memmove(c->pend, c->pend + k, c->pn - (size_t)k);
+                c->pn -= (size_t)k;
+                free(buf);
+                continue;
+            }
+            r->violations += cnt != 0;
+        }
         k = mw__ws_parse(&c->p, buf, c->pn, &ev);
         if (k < 0) {
             r->err = (int)k;
@@ -157,11 +186,13 @@ static void feed(caller_t *c, result_t *r, const uint8_t *in, size_t n)
 
 static caller_t caller;
 static result_t res_whole, res_split;
+static int caller_use_whole; /* the next runs try mw__ws_parse_whole first */
 
 static void caller_init(caller_t *c, const mw_ws_parser_t *cfg)
 {
     memset(c, 0, sizeof *c);
     c->p = *cfg;
+    c->use_whole = caller_use_whole;
 }
 
 /* Runs the stream as reads of the given sizes (the last read takes the rest). */
@@ -956,7 +987,8 @@ static void test_random_chunking(void)
  * characters and arbitrary bytes, and now and then a frame the fast path
  * must leave alone (control, fragment, RSV1, above 125 bytes, over the
  * size limit), must give the same transcript and the same error both
- * ways. */
+ * ways, and a third: mw__ws_parse_whole's batches first, as the
+ * connection layer parses. */
 static void test_small_frames_both_paths(void)
 {
     static stream_t s, copy;
@@ -987,7 +1019,7 @@ static void test_small_frames_both_paths(void)
                 memcpy(payload + len, pc, k);
                 len += k;
             }
-            switch ((r >> 12) % 10) {
+            switch ((r >> 12) % 12) {
             case 0:
                 put_frame(&s, 0x89, 1, payload, len % 126); /* a ping */
                 break;
@@ -997,6 +1029,10 @@ static void test_small_frames_both_paths(void)
                 break;
             case 2:
                 put_frame(&s, 0xC1, 1, payload, len); /* RSV1 */
+                break;
+            case 3: /* a whole message inside a fragmented one: 1002 */
+                put_frame(&s, 0x02, 1, payload, len % 126);
+                put_frame(&s, 0x81, 1, (const uint8_t *)"x", 1);
                 break;
             default:
                 put_frame(&s, (r >> 16) % 2 ? 0x81 : 0x82, 1, payload, len);
@@ -1015,6 +1051,16 @@ static void test_small_frames_both_paths(void)
         copy = s;
         run_cuts(&cfg, &copy, &cut, 1, &res_split);
         bad += !same_result(&res_whole, &res_split);
+        /* The batch parser the connection layer runs first, whole and cut
+         * in two, with batches of 1 to 4 frames. */
+        caller_use_whole = 1;
+        copy = s;
+        run_cuts(&cfg, &copy, NULL, 0, &res_split);
+        bad += res_split.violations != 0 || !same_result(&res_whole, &res_split);
+        copy = s;
+        run_cuts(&cfg, &copy, &cut, 1, &res_split);
+        bad += res_split.violations != 0 || !same_result(&res_whole, &res_split);
+        caller_use_whole = 0;
     }
     CHECK_EQ(bad, 0);
     /* Both outcomes were exercised. */
