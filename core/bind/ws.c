@@ -106,14 +106,16 @@ static int ws_send(lua_State *L)
 }
 
 /* The FFI side of ws:send (see the __index source in mw__ws_register):
- * b is a ws box (the Lua side checked its metatable); 0 queued, 1 dropped,
- * 2 closed. Never calls into Lua, as a function called from a compiled
+ * b is a ws box (the Lua side checked its metatable), opcode TEXT or
+ * BINARY; returns MW_OK, MW_EAGAIN (dropped) or MW_ECLOSED, which the Lua
+ * side maps to send's results. Never calls into Lua, as a function called from a compiled
  * trace must not. */
-static int ffi_send(ws_box_t *b, const char *data, size_t len, int binary)
+static int ffi_send(ws_box_t *b, const char *data, size_t len, int opcode)
 {
-    int rc = b->c ? mw__conn_send(b->c, binary ? MW_WS_OP_BINARY : MW_WS_OP_TEXT, data, len)
-                  : MW_ECLOSED;
-    return rc == MW_OK ? 0 : rc == MW_EAGAIN ? 1 : 2;
+    mw_conn_t *c = b->c;
+    if (!c)
+        return MW_ECLOSED;
+    return mw__conn_send(c, opcode, data, len);
 }
 
 /* The same for a large string (#data >= MW_PIN_MIN), queued where it is
@@ -491,9 +493,9 @@ void mw__ws_register(lua_State *L)
         "    end\n"
         "    return nil, pin == -1 and 'dropped' or 'closed'\n"
         "  end\n"
-        "  local rc = cffi(ws, data, n, binary and 1 or 0)\n"
+        "  local rc = cffi(ws, data, n, binary and 2 or 1) -- the opcode\n"
         "  if rc == 0 then return true end\n"
-        "  return nil, rc == 1 and 'dropped' or 'closed'\n"
+        "  return nil, rc == -1 and 'dropped' or 'closed' -- MW_EAGAIN, MW_ECLOSED\n"
         "end\n"
         "return function(ws, k)\n"
         "  local m = methods[k]\n"

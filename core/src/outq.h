@@ -125,6 +125,33 @@ static inline int mw__chunk_takes_bytes(const mw_chunk_t *c)
 /* The common small frame (a 2-byte header b0, len, then data; len <= 125)
  * copied straight into the tail chunk when it has room: returns 1, or 0
  * when the caller must take mw__outq_append2. */
+/* memcpy for n <= 125 without the call: overlapping 16-, 8- and 4-byte
+ * moves that stay within both ranges (a 32-byte message is two moves). */
+static inline void mw__copy_small(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (n >= 16) {
+        size_t i = 0;
+        for (; n - i > 16; i += 16)
+            memcpy(dst + i, src + i, 16);
+        memcpy(dst + n - 16, src + n - 16, 16);
+    } else if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, src, 8);
+        memcpy(&b, src + n - 8, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, src, 4);
+        memcpy(&b, src + n - 4, 4);
+        memcpy(dst, &a, 4);
+        memcpy(dst + n - 4, &b, 4);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            dst[i] = src[i];
+    }
+}
+
 static inline int mw__outq_append_small(mw_outq_t *q, uint8_t b0, const void *data, size_t len)
 {
     mw_chunk_t *t = q->tail;
@@ -133,7 +160,7 @@ static inline int mw__outq_append_small(mw_outq_t *q, uint8_t b0, const void *da
     uint8_t *o = t->data + t->end;
     o[0] = b0;
     o[1] = (uint8_t)len;
-    memcpy(o + 2, data, len);
+    mw__copy_small(o + 2, data, len);
     t->end += (uint32_t)(len + 2);
     q->bytes += len + 2;
     return 1;
