@@ -232,6 +232,8 @@ int mw__lua_run_batch(mw_lua_t *S, mw_conn_t *c, const mw_msgref_t *m, size_t n,
     S->batch_co = k;
     int suspended = co_resume(S, k, 4);
     *done = S->batch_i;
+    if (S->batch_i > 1 && S->w) /* the first was counted by its resume */
+        S->w->stats.handler_calls += S->batch_i - 1;
     /* Whatever happens to k now (pooled, or suspended and resumed later),
      * it takes nothing more from this batch: the rest went to the inbox. */
     S->batch = prev;
@@ -252,12 +254,12 @@ _Static_assert(offsetof(mw_msgref_t, len) == sizeof(void *) &&
                "batch_src declares mw_msgref_t's layout for the FFI");
 static const mw_msgref_t *ffi_take(mw_lua_t *S, double seq)
 {
-    mw_co_t *k = S->running;
-    if (!k || seq != S->batch_seq || k != S->batch_co || S->batch_i >= S->batch_n || !k->conn ||
+    /* seq is never 0, the number outside any batch, so a match means a
+     * batch is running and batch_co is its coroutine. */
+    mw_co_t *k = S->batch_co;
+    if (seq != S->batch_seq || S->running != k || S->batch_i >= S->batch_n || !k->conn ||
         k->conn->state != MW_CONN_OPEN)
         return NULL;
-    if (S->batch_i > 0 && S->w)
-        S->w->stats.handler_calls++; /* the first was counted by its resume */
     return &S->batch[S->batch_i++];
 }
 
