@@ -398,10 +398,10 @@ static const char batch_src[] =
     "local take = ffi.cast(ffi.typeof('$ (*)(void *, double)', msgp), take_fn)\n"
     "local str = ffi.string\n"
     "return function(fn, ws, seq)\n"
-    "  local m = take(S, seq)\n"
-    "  while m ~= nil do\n"
+    "  while true do\n"
+    "    local m = take(S, seq)\n"
+    "    if m == nil then return end\n"
     "    fn(ws, str(m.data, m.len), m.binary ~= 0)\n"
-    "    m = take(S, seq)\n"
     "  end\n"
     "end\n";
 
