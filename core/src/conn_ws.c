@@ -145,8 +145,8 @@ int mw__conn_send_shared(mw_conn_t *c, mw_rbuf_t *frame)
     return MW_OK;
 }
 
-/* mw__conn_send beyond the common frame: compressed, large, control, or no
- * room in the tail chunk. Kept apart so the common path saves no registers. */
+/* mw__conn_send beyond the common frame: compressed, large, control, or
+ * over the slow-consumer bound. Kept apart so the common path saves no registers. */
 __attribute__((noinline)) static int send_general(mw_conn_t *c, int opcode, const void *data,
                                                   size_t len)
 {
@@ -170,16 +170,18 @@ __attribute__((noinline)) static int send_general(mw_conn_t *c, int opcode, cons
 
 int mw__conn_send(mw_conn_t *c, int opcode, const void *data, size_t len)
 {
-    /* The common frame, a small uncompressed data message with room in the
-     * tail chunk, in one go (profiled: send_general cost about
+    /* The common frame, a small uncompressed data message within the
+     * slow-consumer bound, in one go (profiled: send_general cost about
      * 130 instructions per 32-byte echo, this one a third of that). */
     if (len <= 125 && opcode < MW_WS_OP_CLOSE && c->state == MW_CONN_OPEN &&
         (!c->pmd || len < c->pmd->threshold)) {
         /* over_limit and queued, with the route looked up once */
         const mw_route_t *r = &c->w->routes[c->route];
         size_t had = c->out.bytes;
-        if ((had == 0 || had + len + 2 <= r->max_buffered + r->max_message_size) &&
-            mw__outq_append_small(&c->out, (uint8_t)(0x80 | opcode), data, len)) {
+        if (had == 0 || had + len + 2 <= r->max_buffered + r->max_message_size) {
+            if (!mw__outq_append_small(&c->out, (uint8_t)(0x80 | opcode), data, len))
+                mw__outq_append_small_new(&c->w->pool, &c->out, (uint8_t)(0x80 | opcode), data,
+                                          len);
             c->w->stats.msgs_out++;
             if (had + len + 2 >= r->low_water_mark)
                 c->above_low = 1;

@@ -1,4 +1,5 @@
 /* Output queue and chunk pool (see outq.h). */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -190,6 +191,18 @@ void mw__outq_append2(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size
         append_bytes(pool, q, hdr, hlen, hlen + len);
     if (len)
         append_bytes(pool, q, data, len, len);
+}
+
+void mw__outq_append_small_new(mw_chunk_pool_t *pool, mw_outq_t *q, uint8_t b0, const void *data,
+                               size_t len)
+{
+    /* The frame goes whole into a new chunk (a small one for an empty
+     * queue, as append_bytes would choose); what was left in the old tail
+     * (under 127 bytes) stays unused. */
+    link_tail(q, chunk_get(pool, q->head ? MW_CHUNK_SIZE : len + 2, !q->head));
+    int ok = mw__outq_append_small(q, b0, data, len);
+    (void)ok;
+    assert(ok);
 }
 
 void mw__outq_append_pinned(mw_chunk_pool_t *pool, mw_outq_t *q, const void *hdr, size_t hlen,

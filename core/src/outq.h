@@ -166,6 +166,11 @@ static inline int mw__outq_append_small(mw_outq_t *q, uint8_t b0, const void *da
     return 1;
 }
 
+/* The same frame when mw__outq_append_small refused it: in a new tail
+ * chunk, whatever the old tail was. */
+void mw__outq_append_small_new(mw_chunk_pool_t *pool, mw_outq_t *q, uint8_t b0, const void *data,
+                               size_t len);
+
 /* Queues the bytes of b (retained; the caller keeps its reference). */
 void mw__outq_append_ref(mw_chunk_pool_t *pool, mw_outq_t *q, mw_rbuf_t *b);
 

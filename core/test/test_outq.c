@@ -189,11 +189,57 @@ static void test_append_small(void)
     mw__chunk_pool_free(&pool);
 }
 
+/* Where the shortcut refuses, append_small_new puts the frame whole in a
+ * new chunk: small for an empty queue, standard behind a full, pinned or
+ * shared tail; the order is kept and the small shortcut then fills it. */
+static void test_append_small_new(void)
+{
+    static uint8_t got[3 * 16384];
+    mw_chunk_pool_t pool;
+    mw_outq_t q = {0};
+    mw__chunk_pool_init(&pool, 4);
+
+    mw__outq_append_small_new(&pool, &q, 0x81, "a", 1);
+    CHECK_EQ(q.tail->cap, MW_CHUNK_SMALL);
+    CHECK_EQ(q.bytes, 3);
+    size_t total = 3, frames = 1;
+    while (mw__outq_append_small(&q, 0x82, big, 125))
+        total += 127, frames++;
+    CHECK(frames > 1);
+    mw__outq_append_small_new(&pool, &q, 0x81, "bc", 2); /* the small chunk is full */
+    CHECK_EQ(q.tail->cap, MW_CHUNK_SIZE);
+    CHECK_EQ(q.tail->end, 4);
+    total += 4;
+    mw__outq_append_pinned(&pool, &q, hdr, 4, big, sizeof big, mw__pool_pin_take(&pool));
+    mw__outq_append_small_new(&pool, &q, 0x81, "d", 1); /* behind a pinned tail */
+    CHECK_EQ(q.tail->cap, MW_CHUNK_SIZE);
+    total += 4 + sizeof big + 3;
+    CHECK_EQ(q.bytes, total);
+    size_t n = gather(&q, got, 64);
+    CHECK_EQ(n, total);
+    CHECK_MEM(got,
+              "\x81\x01"
+              "a",
+              3);
+    CHECK_MEM(got + 3 + (frames - 1) * 127 - 125, big, 125);
+    CHECK_MEM(got + 3 + (frames - 1) * 127,
+              "\x81\x02"
+              "bc",
+              4);
+    CHECK_MEM(got + 3 + (frames - 1) * 127 + 4 + 4 + sizeof big,
+              "\x81\x01"
+              "d",
+              3);
+    mw__outq_clear(&pool, &q);
+    mw__chunk_pool_free(&pool);
+}
+
 int main(void)
 {
     RUN(test_order_at_every_consume_point);
     RUN(test_pins_released_on_clear_and_reused);
     RUN(test_pinned_backlog_has_no_header_chunks);
     RUN(test_append_small);
+    RUN(test_append_small_new);
     return mwt_summary();
 }
