@@ -39,10 +39,11 @@ typedef struct mw_lua {
     lua_State *L;
     mw_worker_t *w;
     const char *app_path;
-    int app_ref;    /* the app table returned by the app file */
-    int routes_ref; /* app.routes */
-    int body_ref;   /* the coroutine body (trampoline) */
-    int batch_ref;  /* the batch runner (a Lua loop over take()) */
+    int app_ref;        /* the app table returned by the app file */
+    int routes_ref;     /* app.routes */
+    int body_ref;       /* the coroutine body (trampoline) */
+    int batch_ref;      /* the batch runner (a Lua loop over take()) */
+    int on_message_key; /* the string "on_message", interned once (push_handler) */
     /* The batch the running call takes its messages from (mw__lua_run_batch);
      * only the coroutine batch_co can take, and only during that run. */
     const mw_msgref_t *batch;
