@@ -171,13 +171,19 @@ static ssize_t deliver(mw_ws_parser_t *p, uint8_t *data, size_t avail, size_t us
  * the UTF-8 check. */
 typedef uint64_t mw_u64x2_t __attribute__((vector_size(16)));
 
-static inline ssize_t small_frame(const mw_ws_parser_t *p, uint8_t *buf, size_t len, uint8_t **data,
+static inline size_t small_limit(const mw_ws_parser_t *p)
+{
+    return p->max_message_size && p->max_message_size < 125 ? p->max_message_size : 125;
+}
+
+/* lim: small_limit(p), the largest payload taken here */
+static inline ssize_t small_frame(size_t lim, uint8_t *buf, size_t len, uint8_t **data,
                                   size_t *plen, mw_ws_event_t *ev)
 {
     unsigned b0 = buf[0], b1 = buf[1];
     size_t n = b1 & B1_LEN;
     if ((b0 != (B0_FIN | MW_WS_OP_TEXT) && b0 != (B0_FIN | MW_WS_OP_BINARY)) || !(b1 & B1_MASK) ||
-        n > 125 || len - 6 < n || (p->max_message_size && n > p->max_message_size))
+        n > lim || len - 6 < n)
         return 0;
     uint8_t *d = buf + 6;
     uint32_t m;
@@ -228,10 +234,11 @@ ssize_t mw__ws_parse_whole(mw_ws_parser_t *p, uint8_t *buf, size_t len, mw_ws_wh
 {
     size_t off = 0, n = 0;
     if (p->server && !p->in_frame && !p->msg_opcode) {
+        size_t lim = small_limit(p);
         while (n < max && len - off >= 6) {
             uint8_t *data;
             size_t plen;
-            ssize_t r = small_frame(p, buf + off, len - off, &data, &plen, ev);
+            ssize_t r = small_frame(lim, buf + off, len - off, &data, &plen, ev);
             if (r <= 0) {
                 if (r < 0) {
                     *count = n;
@@ -264,7 +271,7 @@ ssize_t mw__ws_parse(mw_ws_parser_t *p, uint8_t *buf, size_t len, mw_ws_event_t 
     if (p->server && !p->msg_opcode && len >= 6) {
         uint8_t *data;
         size_t n;
-        ssize_t r = small_frame(p, buf, len, &data, &n, ev);
+        ssize_t r = small_frame(small_limit(p), buf, len, &data, &n, ev);
         if (r > 0) {
             *ev = (mw_ws_event_t){.type = MW_WS_EV_DATA,
                                   .opcode = (uint8_t)(buf[0] & B0_OPCODE),
