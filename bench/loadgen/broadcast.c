@@ -165,7 +165,8 @@ int run_broadcast(const struct config *cfg)
         w->conns[i].role = R_SUB;
     /* subscribers first, then the publisher (conns[nconns], id 0) */
     build_request(w, cfg->sub_path, R_SUB);
-    double cs = worker_connect(w, 512, 30);
+    uint64_t connect_t0 = now_ns();
+    worker_connect(w, 512, 30);
     struct conn *pub = &w->conns[cfg->conns];
     pub->id = 0;
     pub->w = w;
@@ -182,9 +183,16 @@ int run_broadcast(const struct config *cfg)
                 w->open_count, cfg->conns + 1, w->first_error);
         printf("{\"mode\":\"broadcast\",");
         print_json_common(stdout, cfg);
-        printf(",\"subs\":%d,\"verified\":false,\"first_error\":\"connect failed\"}\n", cfg->conns);
+        char why[sizeof w->first_error + 64];
+        snprintf(why, sizeof why, "%" PRIu64 " of %d connections open%s%s", w->open_count,
+                 cfg->conns + 1, w->first_error[0] ? "; first: " : "", w->first_error);
+        printf(",\"subs\":%d,\"verified\":false,\"first_error\":", cfg->conns);
+        print_json_string(stdout, why);
+        printf("}\n");
         return 1;
     }
+    /* the connect time covers the publisher too */
+    double cs = (double)(now_ns() - connect_t0) / 1e9;
     /* servers that subscribe after sending the 101 need a moment */
     uint64_t settle = now_ns() + 200000000u;
     while (now_ns() < settle)

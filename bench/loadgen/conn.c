@@ -447,15 +447,27 @@ static void handshake_input(struct conn *c, const uint8_t *p, size_t n)
     int ok = 0, pmd = 0;
     for (char *l = strstr(c->hs, "\r\n"); l && l < end; l = strstr(l + 2, "\r\n")) {
         if (strncasecmp(l + 2, "sec-websocket-accept:", 21) == 0) {
+            /* the value alone: optional whitespace around exactly the
+             * expected 28 characters */
             char *v = l + 23;
             while (*v == ' ' || *v == '\t')
                 v++;
-            ok = strncmp(v, hs_accept, 28) == 0;
+            char *t = v + strnlen(v, 28);
+            while (*t == ' ' || *t == '\t')
+                t++;
+            ok = strncmp(v, hs_accept, 28) == 0 && t[0] == '\r' && t[1] == '\n';
         } else if (strncasecmp(l + 2, "sec-websocket-extensions:", 25) == 0) {
-            /* this header line only (it ends by `end`), not the headers or the
-             * frames after it */
+            /* this header line only (it ends by `end`), not the headers or
+             * the frames after it: a token permessage-deflate, followed by
+             * parameters or the end, not a longer name containing it */
             char *eol = strstr(l + 2, "\r\n");
-            pmd = memmem(l + 2, (size_t)(eol - (l + 2)), "permessage-deflate", 18) != NULL;
+            for (char *t = l + 27; t < eol && !pmd; t++) {
+                size_t left = (size_t)(eol - t);
+                int starts =
+                    t == l + 27 || t[-1] == ' ' || t[-1] == '\t' || t[-1] == ',' || t[-1] == ':';
+                pmd = starts && left >= 18 && strncasecmp(t, "permessage-deflate", 18) == 0 &&
+                      (left == 18 || t[18] == ';' || t[18] == ',' || t[18] == ' ' || t[18] == '\t');
+            }
         }
     }
     if (!ok) {

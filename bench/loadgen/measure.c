@@ -135,7 +135,9 @@ void print_json_string(FILE *f, const char *s)
         unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\')
             fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
+        else if (ch < 0x20 || ch >= 0x7f)
+            /* bytes beyond ASCII (a peer's reason, say) may not be UTF-8:
+             * written as U+0080..U+00FF, the JSON stays valid */
             fprintf(f, "\\u%04x", ch);
         else
             fputc(ch, f);

@@ -107,12 +107,8 @@ void deflate_init(struct worker *w)
 
 static uint8_t *zbuf_reserve(struct worker *w, size_t n)
 {
-    if (w->zbuf_cap < n) {
-        w->zbuf_cap = n;
-        w->zbuf = realloc(w->zbuf, n);
-        if (!w->zbuf)
-            die("out of memory");
-    }
+    if (w->zbuf_cap < n)
+        w->zbuf = grow(w->zbuf, &w->zbuf_cap, n);
     return w->zbuf;
 }
 
