@@ -313,6 +313,50 @@ describe("handlers", function()
       end
     end)
 
+    it("closes with 1011 and a traceback when a handler raises after it suspended", function()
+      local line = server.line_of(PROBE, "PROBE_LATE_ERROR_LINE")
+      local c = probe.open(srv)
+      -- One read: the error comes from a call resumed by its timer, with a
+      -- message of the same read waiting behind it.
+      c:send_raw(ws.frame({ opcode = 1, payload = "sleep_error 0.05" })
+        .. ws.frame({ opcode = 1, payload = "after" }))
+      c:expect_close(1011, 2)
+      c:send_close(1000)
+      assert.is_true(c:wait_closed(2))
+      assert.is_not_nil(srv:wait_log("probe%.lua:" .. line .. ": probe late boom", 2),
+        "log lacks probe.lua:" .. line .. ":\n" .. srv:log())
+      local at = srv:log():find("probe late boom", 1, true)
+      assert.is_not_nil(srv:log():find("stack traceback:", at, true), "no traceback:\n" .. srv:log())
+      local _, events = probe.wait_closed(obs, c.id)
+      for _, e in ipairs(events) do
+        assert.are_not.equal("msg:after", e, "a message after the error was delivered: "
+          .. table.concat(events, " | "))
+      end
+      -- The worker goes on: a new connection's batches of many messages
+      -- all come back, in order.
+      local fresh = probe.open(srv)
+      local burst = {}
+      for i = 1, 100 do burst[i] = ws.frame({ opcode = 1, payload = "n" .. i }) end
+      fresh:send_raw(table.concat(burst))
+      for i = 1, 100 do fresh:expect_text("n" .. i) end
+      fresh:close_handshake(1000)
+    end)
+
+    it("hands no waiting message on after a suspended handler called ws:close", function()
+      local c = probe.open(srv)
+      c:send_raw(ws.frame({ opcode = 1, payload = "sleep_close 0.05 4001" })
+        .. ws.frame({ opcode = 1, payload = "after" }))
+      c:expect_close(4001, 2)
+      c:send_close(4001)
+      assert.is_true(c:wait_closed(2))
+      local closes, events = probe.wait_closed(obs, c.id)
+      assert.are.equal(4001, (probe.parse_close(closes[1])))
+      for _, e in ipairs(events) do
+        assert.are_not.equal("msg:after", e, "a message was delivered after ws:close: "
+          .. table.concat(events, " | "))
+      end
+    end)
+
     it("closes with 1011 when on_open raises; on_close still runs", function()
       local line = server.line_of(PROBE, "PROBE_OPEN_ERROR_LINE")
       local c = ws.open(srv, "/probe?open_error=1")

@@ -70,9 +70,10 @@ static void handler_error(mw_lua_t *S, mw_co_t *k, const char *msg)
         mw_error("%s error (connection %llu): %s", kinds[k->kind], (unsigned long long)c->id, msg);
     else
         mw_error("timer error: %s", msg);
-    if (c && c->state == MW_CONN_OPEN)
+    if (c && c->state == MW_CONN_OPEN) {
+        c->app_closed = 1;
         mw__conn_close(c, MW_WS_CLOSE_INTERNAL, "internal error", 14);
-    else if (c && c->state == MW_CONN_UPGRADING)
+    } else if (c && c->state == MW_CONN_UPGRADING)
         mw__conn_http_error(c, 500, NULL, "the upgrade hook failed");
 }
 

@@ -170,6 +170,7 @@ static int ws_close(lua_State *L)
         lua_pushliteral(L, "closed");
         return 2;
     }
+    b->c->app_closed = 1;
     mw__conn_close(b->c, (uint16_t)code, reason, rlen);
     lua_pushboolean(L, 1);
     return 1;

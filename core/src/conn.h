@@ -79,6 +79,8 @@ struct mw_conn {
     uint8_t writing : 1;              /* EV_WRITE armed */
     uint8_t close_sent : 1;
     uint8_t close_received : 1;
+    uint8_t app_closed : 1;     /* closed by ws:close or a handler error: the inbox's
+                                   messages are not delivered any more */
     uint8_t fin_sent : 1;       /* our side is shut down; waiting for the peer's EOF */
     uint8_t above_low : 1;      /* the queue went above the route's low-water mark */
     uint8_t keepalive : 1;      /* plain HTTP: another request may follow this one */

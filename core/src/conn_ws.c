@@ -546,14 +546,19 @@ void mw__conn_handler_done(mw_conn_t *c)
         if (!c->inbox_head)
             c->inbox_tail = NULL;
         c->inbox_bytes -= e->kind == MW_INBOX_MESSAGE ? e->len : 0;
-        int suspended;
-        if (e->kind == MW_INBOX_MESSAGE)
-            suspended = w->ops->on_message(w->ops_ud, c, e->data, e->len, e->binary);
-        else if (e->kind == MW_INBOX_DRAIN) {
+        int suspended = 0;
+        if (e->kind == MW_INBOX_MESSAGE) {
+            /* Once the app closed the connection (ws:close, or a handler
+             * error) no message is handed on, as with those behind it in
+             * the same read (take); after any other close (the peer's, a
+             * protocol error, a timeout, shutdown) what arrived before it
+             * still is. */
+            if (!c->app_closed)
+                suspended = w->ops->on_message(w->ops_ud, c, e->data, e->len, e->binary);
+        } else if (e->kind == MW_INBOX_DRAIN) {
             /* Only if the queue is still below the mark: otherwise the next
              * drain will come when it gets there. */
             c->drain_queued = 0;
-            suspended = 0;
             if (c->state == MW_CONN_OPEN) {
                 if (c->out.bytes < w->routes[c->route].low_water_mark)
                     suspended = w->ops->on_drain(w->ops_ud, c);

@@ -12,6 +12,8 @@
 --   sleep S TAG           -> moonwire.sleep(S), then "slept TAG"
 --   error                 -> raises (the spec looks for this file's line below)
 --   error_table           -> raises a table instead of a string
+--   sleep_error S         -> moonwire.sleep(S), then raises (after the call suspended)
+--   sleep_close S CODE    -> moonwire.sleep(S), then ws:close(CODE)
 --   close_send ID         -> what ws:send returned inside on_close of connection ID
 --   flood N SIZE          -> N text messages of SIZE bytes; result kept in floods[id]
 --   bigsend N SIZE        -> N binary messages "<i>:" padded with a pattern of i to SIZE
@@ -89,6 +91,16 @@ end
 
 function commands.error()
   error("probe boom") -- PROBE_ERROR_LINE
+end
+
+function commands.sleep_error(_, seconds)
+  moonwire.sleep(tonumber(seconds))
+  error("probe late boom") -- PROBE_LATE_ERROR_LINE
+end
+
+function commands.sleep_close(ws, seconds, code)
+  moonwire.sleep(tonumber(seconds))
+  ws:close(tonumber(code))
 end
 
 function commands.error_table()
