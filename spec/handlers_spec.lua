@@ -13,6 +13,14 @@ local now = socket.gettime
 local one_close = probe.one_close
 
 -- The id of the connection (opened after `observer`) whose second event is `second`.
+-- Fails if the event list of a connection holds `event` (what: when).
+local function assert_not_delivered(events, event, what)
+  for _, e in ipairs(events) do
+    assert.are_not.equal(event, e, "a message was delivered " .. what .. ": "
+      .. table.concat(events, " | "))
+  end
+end
+
 local function find_conn(observer, second, timeout)
   local deadline = now() + (timeout or 1)
   repeat
@@ -307,10 +315,7 @@ describe("handlers", function()
       c:send_close(1000)
       assert.is_true(c:wait_closed(2))
       local _, events = probe.wait_closed(obs, c.id)
-      for _, e in ipairs(events) do
-        assert.are_not.equal("msg:after", e, "a message after the error was delivered: "
-          .. table.concat(events, " | "))
-      end
+      assert_not_delivered(events, "msg:after", "after the error")
     end)
 
     it("closes with 1011 and a traceback when a handler raises after it suspended", function()
@@ -328,10 +333,7 @@ describe("handlers", function()
       local at = srv:log():find("probe late boom", 1, true)
       assert.is_not_nil(srv:log():find("stack traceback:", at, true), "no traceback:\n" .. srv:log())
       local _, events = probe.wait_closed(obs, c.id)
-      for _, e in ipairs(events) do
-        assert.are_not.equal("msg:after", e, "a message after the error was delivered: "
-          .. table.concat(events, " | "))
-      end
+      assert_not_delivered(events, "msg:after", "after the error")
       -- The worker goes on: a new connection's batches of many messages
       -- all come back, in order.
       local fresh = probe.open(srv)
@@ -351,10 +353,7 @@ describe("handlers", function()
       assert.is_true(c:wait_closed(2))
       local closes, events = probe.wait_closed(obs, c.id)
       assert.are.equal(4001, (probe.parse_close(closes[1])))
-      for _, e in ipairs(events) do
-        assert.are_not.equal("msg:after", e, "a message was delivered after ws:close: "
-          .. table.concat(events, " | "))
-      end
+      assert_not_delivered(events, "msg:after", "after ws:close")
     end)
 
     it("closes with 1011 when on_open raises; on_close still runs", function()

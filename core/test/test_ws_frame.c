@@ -97,6 +97,15 @@ static void record(result_t *r, char kind, uint8_t op, uint8_t rsv1, const uint8
     t_put(r, p, n);
 }
 
+/* Records the parser's error (and frees the read's buffer). */
+static void parse_failed(result_t *r, ssize_t k, const mw_ws_event_t *ev, uint8_t *buf)
+{
+    r->err = (int)k;
+    r->close_code = ev->close_code;
+    r->violations += ev->error == NULL;
+    free(buf);
+}
+
 /* Appends bytes as one read, then parses until the parser wants more, the
  * way the connection layer will: consumed bytes are dropped from the front
  * of the buffer and unconsumed ones re-presented with the next read. */
@@ -126,10 +135,7 @@ static void feed(caller_t *c, result_t *r, const uint8_t *in, size_t n)
                 record(r, 'M', out[i].binary ? 2 : 1, 0, out[i].data, out[i].len);
             }
             if (k < 0) {
-                r->err = (int)k;
-                r->close_code = ev.close_code;
-                r->violations += ev.error == NULL;
-                free(buf);
+                parse_failed(r, k, &ev, buf);
                 return;
             }
             if (k > 0) {
@@ -142,10 +148,7 @@ static void feed(caller_t *c, result_t *r, const uint8_t *in, size_t n)
         }
         k = mw__ws_parse(&c->p, buf, c->pn, &ev);
         if (k < 0) {
-            r->err = (int)k;
-            r->close_code = ev.close_code;
-            r->violations += ev.error == NULL;
-            free(buf);
+            parse_failed(r, k, &ev, buf);
             return;
         }
         r->violations += (size_t)k > c->pn;
