@@ -20,6 +20,7 @@ struct mw_co {
     lua_State *co;
     int ref;                    /* registry ref that keeps the thread alive */
     int fresh;                  /* the body has not been started yet */
+    int batch;                  /* runs the batch body (mw__lua_run_batch), not the general one */
     int waiting;                /* set by a moonwire call that yields (sleep) */
     int kind;                   /* MW_CO_HANDLER, MW_CO_CLOSE (finalize after), MW_CO_UPGRADE */
     mw_conn_t *conn;            /* the connection whose handler runs here (retained), or NULL */
@@ -42,7 +43,7 @@ typedef struct mw_lua {
     int app_ref;        /* the app table returned by the app file */
     int routes_ref;     /* app.routes */
     int body_ref;       /* the coroutine body (trampoline) */
-    int batch_ref;      /* the batch runner (a Lua loop over take()) */
+    int batch_ref;      /* the batch body: a Lua loop over take() (mw__lua_run_batch) */
     int on_message_key; /* the string "on_message", interned once (push_handler) */
     /* The batch the running call takes its messages from (mw__lua_run_batch);
      * only the coroutine batch_co can take, and only during that run. */
@@ -56,6 +57,8 @@ typedef struct mw_lua {
     mw_co_t *suspended;         /* the call mw__lua_run last left suspended */
     mw_co_t *pool;              /* idle coroutines */
     size_t npool;
+    mw_co_t *bpool; /* idle coroutines of the batch body */
+    size_t nbpool;
     mw_co_t *busy;      /* suspended coroutines */
     size_t nbusy;       /* how many */
     mw_route_t *routes; /* the core's copy of the routes' limits (w->routes) */
