@@ -122,9 +122,6 @@ static inline int mw__chunk_takes_bytes(const mw_chunk_t *c)
     return !c->ref && c->cap != MW_CHUNK_FILE && c->cap != MW_CHUNK_PIN;
 }
 
-/* The common small frame (a 2-byte header b0, len, then data; len <= 125)
- * copied straight into the tail chunk when it has room: returns 1, or 0
- * when the caller must take mw__outq_append2. */
 /* memcpy for n <= 125 without the call: overlapping 16-, 8- and 4-byte
  * moves that stay within both ranges (a 32-byte message is two moves). */
 static inline void mw__copy_small(uint8_t *dst, const uint8_t *src, size_t n)
@@ -152,6 +149,9 @@ static inline void mw__copy_small(uint8_t *dst, const uint8_t *src, size_t n)
     }
 }
 
+/* The common small frame (a 2-byte header b0, len, then data; len <= 125)
+ * copied straight into the tail chunk when it has room: returns 1, or 0
+ * when the caller must take mw__outq_append_small_new. */
 static inline int mw__outq_append_small(mw_outq_t *q, uint8_t b0, const void *data, size_t len)
 {
     mw_chunk_t *t = q->tail;
