@@ -5,7 +5,8 @@
 # server per run, and writes bench/results/*.json, docs/benchmarks.md and
 # docs/bench-*.png (bench/report.py, gnuplot). Prints one progress line per run.
 #
-# Environment: BENCH_RUNS (3), BENCH_DURATION (5 s measured), BENCH_WARMUP (1 s),
+# Environment: BENCH_RUNS (3), BENCH_PAIRS (5: back-to-back moonwire/raw pairs
+# per echo scenario, the targets' figure), BENCH_DURATION (5 s measured), BENCH_WARMUP (1 s),
 # BENCH_SERVERS ("moonwire raw gorilla node nginx"), BENCH_SCENARIOS (all),
 # BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_SKIP_DEPS=1 to skip installs,
 # BENCH_KEEP=1 to keep earlier results (re-run some servers or scenarios only),
@@ -21,6 +22,7 @@ build="${BENCH_BUILD:-$root/build-bench}"
 out="$build/bench"
 results="$here/results"
 runs="${BENCH_RUNS:-3}"
+pairs="${BENCH_PAIRS:-5}"
 duration="${BENCH_DURATION:-5}"
 warmup="${BENCH_WARMUP:-1}"
 scpu="${BENCH_SERVER_CPU:-0}"
@@ -228,10 +230,16 @@ for sc in $scenarios; do
         done
     done
 done
-total=$((${#plan[@]} * runs))
-mkdir -p "$results"
+pair_scenarios=()
+if [[ " $servers " == *" moonwire "* && " $servers " == *" raw "* && " $variants " == *" plain "* ]]; then
+    for sc in $scenarios; do [[ $sc == echo* ]] && pair_scenarios+=("$sc"); done
+fi
+total=$((${#plan[@]} * runs + ${#pair_scenarios[@]} * pairs * 2))
+mkdir -p "$results/pairs"
 # BENCH_KEEP=1 keeps earlier results (to re-run some servers or scenarios)
 [ "${BENCH_KEEP:-0}" = 1 ] || rm -f "$results"/*.json
+# the pairs of a scenario are re-run whole or not at all
+for sc in "${pair_scenarios[@]}"; do rm -f "$results/pairs/$sc".*.json; done
 say "$total runs: $(tr '\n' ' ' <<<"$scenarios")on $servers; server CPU $scpu, generator CPU $gcpu"
 n=0
 t0=$(date +%s)
@@ -248,20 +256,16 @@ for sc in $scenarios; do
         done
     done
 done
-for entry in "${order[@]}"; do
-    read -r sc s v i <<<"$entry"
+run_one() { # run_one SCENARIO SERVER VARIANT RESULT-FILE: start, measure, stop
+    local sc=$1 s=$2 v=$3 f=$4
     # shellcheck disable=SC2207
-    args=($(scenario_args "$sc"))
-    name="$sc.$s${v/#plain/}"
-    [ "$v" != plain ] && name="$sc.$s-$v"
-    n=$((n + 1))
-    f="$results/$name.$i.json"
+    local args=($(scenario_args "$sc"))
     if ! start_server "$s" "$(scenario_app "$sc")" "$v" "$sc"; then
         echo "{\"mode\":\"${args[0]}\",\"label\":\"$s\",\"verified\":false,\"first_error\":\"server did not start\"}" >"$f"
         failures=$((failures + 1))
-        continue
+        return 0
     fi
-    gen=(taskset -c "$gcpu" "$out/loadgen" "${args[@]}" --port "$SPORT" --label "$s")
+    local gen=(taskset -c "$gcpu" "$out/loadgen" "${args[@]}" --port "$SPORT" --label "$s")
     if [ "$s" = raw ]; then # plain TCP against the raw echo server
         [ "${args[0]}" = echo ] && gen[4]=raw
         [ "${args[0]}" = idle ] && gen+=(--tcp)
@@ -273,11 +277,39 @@ for entry in "${order[@]}"; do
     [ "$v" = deflate ] && gen+=(--deflate)
     "${gen[@]}" >"$f" 2>"$work/gen.err" || { failures=$((failures + 1)); cat "$work/gen.err" >&2; }
     stop_server
-    line="$(python3 "$here/report.py" --summary "$f")"
+}
+progress() { # progress SCENARIO SERVER WHAT RESULT-FILE
+    n=$((n + 1))
+    local line el eta
+    line="$(python3 "$here/report.py" --summary "$4")"
     el=$(($(date +%s) - t0))
     eta=$((el * (total - n) / n))
-    printf '[%3d/%3d %3dm%02ds, ~%dm%02ds left] %-13s %-16s run %d: %s\n' "$n" "$total" \
-        $((el / 60)) $((el % 60)) $((eta / 60)) $((eta % 60)) "$sc" "$s${v/#plain/}" "$i" "$line; load $(cut -d' ' -f1 /proc/loadavg)" >&2
+    printf '[%3d/%3d %3dm%02ds, ~%dm%02ds left] %-13s %-16s %s: %s\n' "$n" "$total" \
+        $((el / 60)) $((el % 60)) $((eta / 60)) $((eta % 60)) "$1" "$2" "$3" "$line; load $(cut -d' ' -f1 /proc/loadavg)" >&2
+}
+for entry in "${order[@]}"; do
+    read -r sc s v i <<<"$entry"
+    name="$sc.$s${v/#plain/}"
+    [ "$v" != plain ] && name="$sc.$s-$v"
+    f="$results/$name.$i.json"
+    run_one "$sc" "$s" "$v" "$f"
+    progress "$sc" "$s${v/#plain/}" "run $i" "$f"
+done
+# The echo targets' pairs: moonwire and raw back to back, BENCH_PAIRS times,
+# which one goes first alternating. Each pair's ratio is measured within some
+# 15 s, so the machine's drift over minutes (the shared host's load moves the
+# raw echo by up to 30% between runs) cancels; report.py takes the median of
+# the pairs' ratios as the target's figure.
+for sc in "${pair_scenarios[@]}"; do
+    for k in $(seq "$pairs"); do
+        order2=(moonwire raw)
+        [ $((k % 2)) = 0 ] && order2=(raw moonwire)
+        for s in "${order2[@]}"; do
+            f="$results/pairs/$sc.$s.$k.json"
+            run_one "$sc" "$s" plain "$f"
+            progress "$sc" "$s" "pair $k" "$f"
+        done
+    done
 done
 
 # --- report ----------------------------------------------------------------
