@@ -83,7 +83,7 @@ fuzz: test-deps
 
 # Benchmarks (bench/run.sh; not part of make test): moonwire against a raw
 # TCP echo, gorilla/websocket, Node ws and nginx + lua-resty-websocket;
-# writes docs/benchmarks.md and its plots. About 10 minutes.
+# writes docs/benchmarks.md and its plots. About 30 minutes.
 bench: build
 	bench/install-deps.sh
 	$(MAKE) -C bench bench
