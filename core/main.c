@@ -25,7 +25,8 @@
 
 static const char usage[] =
     "usage: moonwire APP.lua [options]\n"
-    "       moonwire reload [--admin HOST:PORT]   reload a running server's app\n"
+    "       moonwire reload [--admin HOST:PORT] [--admin-token-file FILE]\n"
+    "                                             reload a running server's app\n"
     "\n"
     "Serves the app that APP.lua returns (see README.md). SIGHUP reloads the app;\n"
     "`moonwire reload` does it through the admin listener and tells whether it worked\n"
@@ -64,7 +65,8 @@ static const char usage[] =
     "  --broker-max-pending BYTES  publishes Redis has not acknowledged (default 16777216)\n"
     "  --broker-timeout SECONDS    to connect to Redis, and for its PING answers (default 5)\n"
     "  --admin HOST:PORT           admin listener: POST /reload, GET /status (off by default;\n"
-    "                              keep it on a loopback address)\n"
+    "                              a non-loopback address needs --admin-token-file)\n"
+    "  --admin-token-file FILE     admin requests must send Authorization: Bearer <its text>\n"
     "  -h, --help                  show this help\n"
     "  -v, --version               show the version\n";
 
@@ -129,6 +131,7 @@ enum {
     F_BROKER_MAX_PENDING,
     F_BROKER_TIMEOUT,
     F_BACKLOG,
+    F_ADMIN_TOKEN,
     F_COUNT
 };
 
@@ -178,22 +181,29 @@ static int split_hostport(const char *v, char *host, size_t hcap, int *port)
 /* `moonwire reload [--admin HOST:PORT]` */
 static int reload_command(int argc, char **argv)
 {
-    const char *addr = "127.0.0.1:9090";
+    const char *addr = "127.0.0.1:9090", *token_file = NULL;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc)
             addr = argv[++i];
         else if (strncmp(argv[i], "--admin=", 8) == 0)
             addr = argv[i] + 8;
+        else if (strcmp(argv[i], "--admin-token-file") == 0 && i + 1 < argc)
+            token_file = argv[++i];
+        else if (strncmp(argv[i], "--admin-token-file=", 19) == 0)
+            token_file = argv[i] + 19;
         else
-            return fail(
-                "reload: unknown argument '%s'%s; usage: moonwire reload [--admin HOST:PORT]",
-                argv[i], "");
+            return fail("reload: unknown argument '%s'%s; usage: moonwire reload [--admin "
+                        "HOST:PORT] [--admin-token-file FILE]",
+                        argv[i], "");
     }
-    char host[256], body[4096];
+    char host[256], body[4096], token[MW_ADMIN_TOKEN_MAX + 1], err[1024];
     int port, status = 0;
     if (split_hostport(addr, host, sizeof host, &port) != 0)
         return fail("reload: --admin '%s' is not HOST:PORT%s", addr, "");
-    if (mw__admin_request(host, port, "POST", "/reload", body, sizeof body, &status) != 0) {
+    if (token_file && mw__admin_read_token(token_file, token, err, sizeof err) != 0)
+        return fail("reload: %s%s", err, "");
+    if (mw__admin_request(host, port, "POST", "/reload", token_file ? token : NULL, body,
+                          sizeof body, &status) != 0) {
         fprintf(stderr, "moonwire reload: %s\n", body);
         return 1;
     }
@@ -293,6 +303,7 @@ int main(int argc, char **argv)
         [F_MAXBODY] = {"--max-body-size", 1, 0, 0, NULL},
         [F_LOG] = {"--log-level", 3, 0, 0, NULL},
         [F_ADMIN] = {"--admin", 2, 0, 0, NULL},
+        [F_ADMIN_TOKEN] = {"--admin-token-file", 5, 0, 0, NULL},
         [F_WATCH] = {"--watch", 4, 0, 0, NULL},
         [F_TLS_LISTEN] = {"--tls-listen", 2, 0, 0, NULL},
         [F_TLS_CERT] = {"--tls-cert", 5, 0, 0, NULL},
@@ -393,6 +404,16 @@ int main(int argc, char **argv)
     }
     if (!app_path)
         return fail("no app file given%s%s; usage: moonwire APP.lua [options]", "", "");
+    static char admin_token[MW_ADMIN_TOKEN_MAX + 1];
+    if (flags[F_ADMIN_TOKEN].set) {
+        char terr[1200];
+        if (!flags[F_ADMIN].set)
+            return fail("option --admin-token-file protects the admin listener: give --admin "
+                        "HOST:PORT too%s%s",
+                        "", "");
+        if (mw__admin_read_token(flags[F_ADMIN_TOKEN].str, admin_token, terr, sizeof terr) != 0)
+            return fail("option --admin-token-file: %s%s", terr, "");
+    }
     if (flags[F_LOG].set)
         mw__log_set_level(mw__log_parse_level(flags[F_LOG].str));
     if (flags[F_LOG_FORMAT].set && strcmp(flags[F_LOG_FORMAT].str, "json") == 0)
@@ -496,6 +517,7 @@ int main(int argc, char **argv)
         return 1;
     }
     main_lua = &S;
+    S.admin_token = flags[F_ADMIN_TOKEN].set ? admin_token : NULL;
     w.access_log = flags[F_ACCESS_LOG].set;
     w.timing = flags[F_METRICS].set || flags[F_ADMIN].set;
     /* --admin and --metrics: plain HTTP listeners answered by admin.c. */
@@ -521,6 +543,16 @@ int main(int argc, char **argv)
                                            sizeof err);
         } else {
             rc = mw__worker_listen_admin(&w, host, port, mw__admin_request_cb, &S, err, sizeof err);
+            /* Anyone who reaches the admin listener can reload the app:
+             * off the loopback interface it takes a token. */
+            if (rc == 0 && !flags[F_ADMIN_TOKEN].set && !mw__fd_is_loopback(w.admin_fd)) {
+                snprintf(err, sizeof err,
+                         "'%s' is not a loopback address, and without --admin-token-file anyone "
+                         "who reaches it could reload the app; listen on 127.0.0.1 or give "
+                         "--admin-token-file FILE",
+                         f->str);
+                rc = -1;
+            }
         }
         if (rc != 0) {
             fprintf(stderr, "moonwire: %s: %s\n", f->name, err);

@@ -179,6 +179,57 @@ describe("moonwire CLI", function()
     assert.truthy(line:find("--ping-interval", 1, true), line)
   end)
 
+  describe("--admin-token-file", function()
+    local probe_app = server.path("spec/apps/probe.lua")
+    local function token_file(text)
+      local path = server.temp_file(text, ".token")
+      temp_files[#temp_files + 1] = path
+      return path
+    end
+
+    it("needs --admin", function()
+      local line = fails({ probe_app, "--listen", "127.0.0.1:0",
+        "--admin-token-file", token_file(string.rep("a", 32)) })
+      assert.truthy(line:find("--admin HOST:PORT", 1, true), line)
+    end)
+
+    it("names a missing file", function()
+      local line = fails({ probe_app, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+        "--admin-token-file", "/nonexistent/moonwire.token" })
+      assert.truthy(line:find("/nonexistent/moonwire.token", 1, true), line)
+      assert.truthy(line:find("No such file", 1, true), line)
+    end)
+
+    it("refuses a short, empty or spaced token and says how to make one", function()
+      for _, case in ipairs {
+        { "short\n", "5 characters, too short" },
+        { "\n", "0 characters, too short" },
+        { "abcdefgh ijklmnopq\n", "space, control or non-ASCII byte at offset 8" },
+        { string.rep("x", 1100), "longer than 1024" },
+      } do
+        local path = token_file(case[1])
+        local line = fails({ probe_app, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+          "--admin-token-file", path })
+        assert.truthy(line:find(path, 1, true), "file not named: " .. line)
+        assert.truthy(line:find(case[2], 1, true), line)
+        assert.truthy(line:find("openssl rand -hex 32", 1, true), "no fix given: " .. line)
+      end
+    end)
+
+    it("is required for an admin listener off the loopback interface", function()
+      local line, res = fails({ probe_app, "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0" })
+      assert.are.equal(2, res.code)
+      assert.truthy(line:find("'0.0.0.0:0' is not a loopback address", 1, true), line)
+      assert.truthy(line:find("--admin-token-file", 1, true), line)
+      -- with a token it serves (the listener's requests are checked in
+      -- spec/clients/test_python_reload.py)
+      local srv = server.start("spec/apps/probe.lua", { flags = { "--admin", "0.0.0.0:0",
+        "--admin-token-file", token_file(string.rep("b", 40) .. "\n") } })
+      local how, code = srv:stop()
+      assert.are.same({ "exited", 0 }, { how, code })
+    end)
+  end)
+
   it("announces the address and exits on SIGTERM", function()
     local srv = server.start("spec/apps/probe.lua")
     assert.is_true(srv.port > 0)

@@ -31,10 +31,40 @@ int mw__app_reload(mw_lua_t *S, const char *why, char *err, size_t errlen)
     return -1;
 }
 
+/* Whether req carries `Authorization: Bearer <token>`. The comparison
+ * takes the same time wherever the first difference is. */
+static int authorized(const mw_http_request_t *req, const char *token)
+{
+    if (mw__http_header_count(req, "authorization") != 1)
+        return 0;
+    mw_slice_t v = mw__http_header_find(req, "authorization")->value;
+    static const char scheme[] = "bearer ";
+    size_t sl = sizeof scheme - 1, tl = strlen(token);
+    if (v.n != sl + tl)
+        return 0;
+    for (size_t i = 0; i < sl; i++)
+        if ((v.p[i] | 0x20) != scheme[i])
+            return 0;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < tl; i++)
+        diff |= (unsigned char)(v.p[sl + i] ^ token[i]);
+    return diff == 0;
+}
+
 void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
 {
     mw_lua_t *S = ud;
     char body[2048], err[1024], esc[1100];
+    /* --admin-token-file: every admin request shows the token (the metrics
+     * listener has none to show: it answers GET /metrics only). */
+    if (!c->metrics_only && S->admin_token && !authorized(req, S->admin_token)) {
+        mw_warn("admin listener: refused %.*s %.*s without the admin token", (int)req->method.n,
+                req->method.p, (int)(req->path.n > 200 ? 200 : req->path.n), req->path.p);
+        mw__conn_http_error(c, 401, "WWW-Authenticate: Bearer realm=\"moonwire admin\"\r\n",
+                            "send Authorization: Bearer <the token in the server's "
+                            "--admin-token-file> (moonwire reload --admin-token-file FILE)");
+        return;
+    }
     /* The metrics listener may face a scraper on another host: it answers
      * GET /metrics and nothing else, least of all /reload. */
     if (c->metrics_only && !mw__slice_ieq(req->path, "/metrics")) {

@@ -70,6 +70,7 @@ typedef struct mw_lua {
     int index, nworkers;      /* this worker (0-based) of how many */
     unsigned reloads, reload_failures;
     struct mw_tcp_state *tcp; /* outbound sockets, their pools and resolver (tcp.c) */
+    const char *admin_token;  /* --admin-token-file's token, or NULL (admin.c) */
 } mw_lua_t;
 
 /* Creates the Lua state, loads the app file and keeps the app. Modules are

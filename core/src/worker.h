@@ -178,6 +178,9 @@ int mw__worker_listen_metrics(mw_worker_t *w, const char *host, int port,
 /* The local port a listening socket is bound to, or -1. */
 int mw__fd_port(int fd);
 
+/* Whether a socket is bound to a loopback address (127.0.0.0/8, ::1). */
+int mw__fd_is_loopback(int fd);
+
 /* The port actually bound (after mw__worker_listen). */
 int mw__worker_port(const mw_worker_t *w);
 

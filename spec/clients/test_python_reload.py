@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -143,10 +144,12 @@ class ReloadCase(MoonwireCase):
         return path
 
     # -- server ---------------------------------------------------------------
-    def start(self, *flags, admin=True, watch=False):
+    def start(self, *flags, admin=True, watch=False, token=None):
         flags = list(flags)
         if watch:
             flags.append("--watch")
+        if token is not None:
+            flags += ["--admin-token-file", self.write("admin.token", token + "\n")]
         for attempt in range(5):
             extra = []
             if admin:
@@ -175,16 +178,19 @@ class ReloadCase(MoonwireCase):
         self.fail("log never had %d lines matching %r; log:\n%s"
                   % (n, pattern, self.server.log_tail(40)))
 
-    async def admin(self, method, path, port=None):
-        """One request to the admin listener; returns (status, parsed JSON or text)."""
+    async def admin(self, method, path, port=None, headers=()):
+        """One request to the admin listener; returns (status, parsed JSON or
+        text) and keeps the response head in self.last_head."""
         port = port or self.admin_port
         r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), T)
-        w.write(("%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 0\r\n"
-                 "Connection: close\r\n\r\n" % (method, path, port)).encode())
+        w.write(("%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%sContent-Length: 0\r\n"
+                 "Connection: close\r\n\r\n"
+                 % (method, path, port, "".join(h + "\r\n" for h in headers))).encode())
         await w.drain()
         data = await asyncio.wait_for(r.read(), T)
         w.close()
         head, _, body = data.partition(b"\r\n\r\n")
+        self.last_head = head.decode("latin-1")
         m = re.match(rb"HTTP/1\.1 (\d{3})", head)
         self.assertIsNotNone(m, "not an HTTP response: %r" % data[:200])
         status = int(m.group(1))
@@ -864,6 +870,50 @@ class AdminTests(ReloadCase):
         await asyncio.sleep(0.2)
         status, st = await self.admin("GET", "/status")
         self.assertEqual(st, {"connections": 2, "reloads": 2, "reload_failures": 2}, st)
+
+    async def test_admin_token_guards_every_admin_request(self):
+        token = secrets.token_hex(32)
+        self.start(token=token)
+        bearer = "Authorization: Bearer " + token
+        wrong = token[:-1] + ("0" if token[-1] != "0" else "1")
+        for method, path in (("GET", "/status"), ("POST", "/reload"), ("GET", "/metrics")):
+            for headers in ((), ("Authorization: Bearer " + wrong,),
+                            ("Authorization: Bearer " + token[:-1],),
+                            ("Authorization: Basic " + token,),
+                            (bearer, bearer)):  # two of them: refused, not guessed at
+                status, body = await self.admin(method, path, headers=headers)
+                self.assertEqual(status, 401, "%s %s with %r: %r" % (method, path, headers, body))
+                self.assertRegex(self.last_head,
+                                 r'(?im)^WWW-Authenticate: Bearer realm="moonwire admin"\r?$')
+                self.assertIn("--admin-token-file", body)
+        self.assertEqual(self.log_count(r"reloaded|reload failed"), 0)
+        self.assertGreaterEqual(self.log_count(r"admin listener: refused POST /reload without "
+                                               r"the admin token"), 5)
+        status, st = await self.admin("GET", "/status", headers=(bearer,))
+        self.assertEqual((status, st["reloads"]), (200, 0), st)
+        # the scheme is case-insensitive (RFC 9110 11.1)
+        status, _ = await self.admin("GET", "/metrics",
+                                     headers=("authorization: bearer " + token,))
+        self.assertEqual(status, 200)
+        n = self.log_count(r"reload(ed| failed)")
+        status, body = await self.admin("POST", "/reload", headers=(bearer,))
+        self.assertEqual((status, body), (200, {"ok": True, "reloads": 1}))
+        await self.wait_log_count(r"reloaded .*\(admin request\)", n + 1)
+
+        # moonwire reload: refused without the token, with the server's answer
+        addr = "127.0.0.1:%d" % self.admin_port
+        code, out, err = await self.reload_command("--admin", addr)
+        self.assertEqual((code, out), (1, ""), err)
+        self.assertIn("401 Unauthorized", err)
+        self.assertIn("--admin-token-file", err)
+        code, out, err = await self.reload_command(
+            "--admin", addr, "--admin-token-file", os.path.join(self.dir, "admin.token"))
+        self.assertEqual(code, 0, "stdout %r stderr %r" % (out, err))
+        self.assertEqual(json.loads(out), {"ok": True, "reloads": 2})
+        code, out, err = await self.reload_command("--admin", addr, "--admin-token-file",
+                                                   os.path.join(self.dir, "missing.token"))
+        self.assertEqual(code, 2, err)
+        self.assertIn("missing.token", err)
 
     async def test_admin_methods_and_paths(self):
         self.start()
