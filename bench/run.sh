@@ -6,7 +6,7 @@
 # docs/bench-*.png (bench/report.py, gnuplot). Prints one progress line per run.
 #
 # Environment: BENCH_RUNS (3), BENCH_PAIRS (5: back-to-back moonwire/raw pairs
-# per echo scenario, the targets' figure), BENCH_DURATION (5 s measured), BENCH_WARMUP (1 s),
+# per echo and broadcast scenario, the targets' figure), BENCH_DURATION (5 s measured), BENCH_WARMUP (1 s),
 # BENCH_SERVERS ("moonwire raw gorilla node nginx"), BENCH_SCENARIOS (all),
 # BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_SKIP_DEPS=1 to skip installs,
 # BENCH_KEEP=1 to keep earlier results (re-run some servers or scenarios only),
@@ -232,7 +232,7 @@ for sc in $scenarios; do
 done
 pair_scenarios=()
 if [[ " $servers " == *" moonwire "* && " $servers " == *" raw "* && " $variants " == *" plain "* ]]; then
-    for sc in $scenarios; do [[ $sc == echo* ]] && pair_scenarios+=("$sc"); done
+    for sc in $scenarios; do [[ $sc == echo* || $sc == broadcast-* ]] && pair_scenarios+=("$sc"); done
 fi
 total=$((${#plan[@]} * runs + ${#pair_scenarios[@]} * pairs * 2))
 mkdir -p "$results/pairs"
@@ -289,25 +289,31 @@ progress() { # progress SCENARIO SERVER WHAT RESULT-FILE
 }
 for entry in "${order[@]}"; do
     read -r sc s v i <<<"$entry"
-    name="$sc.$s${v/#plain/}"
-    [ "$v" != plain ] && name="$sc.$s-$v"
-    f="$results/$name.$i.json"
+    name="$s"
+    [ "$v" != plain ] && name="$s-$v"
+    f="$results/$sc.$name.$i.json"
     run_one "$sc" "$s" "$v" "$f"
-    progress "$sc" "$s${v/#plain/}" "run $i" "$f"
+    progress "$sc" "$name" "run $i" "$f"
 done
-# The echo targets' pairs: moonwire and raw back to back, BENCH_PAIRS times,
+# The targets' pairs: moonwire and raw back to back, BENCH_PAIRS times,
 # which one goes first alternating. Each pair's ratio is measured within some
 # 15 s, so the machine's drift over minutes (the shared host's load moves the
 # raw echo by up to 30% between runs) cancels; report.py takes the median of
-# the pairs' ratios as the target's figure.
+# the pairs' ratios as the target's figure. An echo scenario pairs with the
+# raw echo of the same scenario; a broadcast one with the raw echo32-d32,
+# which is what its target compares it with (raw/ keeps that run's scenario
+# in its file name: pairs/broadcast-1k.raw.1.json ran echo32-d32).
 for sc in "${pair_scenarios[@]}"; do
+    ref=$sc
+    [[ $sc == broadcast-* ]] && ref=echo32-d32
     for k in $(seq "$pairs"); do
-        order2=(moonwire raw)
-        [ $((k % 2)) = 0 ] && order2=(raw moonwire)
-        for s in "${order2[@]}"; do
+        order2=("moonwire $sc" "raw $ref")
+        [ $((k % 2)) = 0 ] && order2=("raw $ref" "moonwire $sc")
+        for item in "${order2[@]}"; do
+            read -r s run_sc <<<"$item"
             f="$results/pairs/$sc.$s.$k.json"
-            run_one "$sc" "$s" plain "$f"
-            progress "$sc" "$s" "pair $k" "$f"
+            run_one "$run_sc" "$s" plain "$f"
+            progress "$run_sc" "$s" "pair $k" "$f"
         done
     done
 done
