@@ -67,6 +67,7 @@ static const char usage[] =
     "  --admin HOST:PORT           admin listener: POST /reload, GET /status (off by default;\n"
     "                              a non-loopback address needs --admin-token-file)\n"
     "  --admin-token-file FILE     admin requests must send Authorization: Bearer <its text>\n"
+    "  --max-admin-connections N   most open admin and metrics connections (default 64)\n"
     "  -h, --help                  show this help\n"
     "  -v, --version               show the version\n";
 
@@ -132,6 +133,7 @@ enum {
     F_BROKER_TIMEOUT,
     F_BACKLOG,
     F_ADMIN_TOKEN,
+    F_MAXADMIN,
     F_COUNT
 };
 
@@ -178,7 +180,7 @@ static int split_hostport(const char *v, char *host, size_t hcap, int *port)
     return 0;
 }
 
-/* `moonwire reload [--admin HOST:PORT]` */
+/* `moonwire reload [--admin HOST:PORT] [--admin-token-file FILE]` */
 static int reload_command(int argc, char **argv)
 {
     const char *addr = "127.0.0.1:9090", *token_file = NULL;
@@ -304,6 +306,7 @@ int main(int argc, char **argv)
         [F_LOG] = {"--log-level", 3, 0, 0, NULL},
         [F_ADMIN] = {"--admin", 2, 0, 0, NULL},
         [F_ADMIN_TOKEN] = {"--admin-token-file", 5, 0, 0, NULL},
+        [F_MAXADMIN] = {"--max-admin-connections", 1, 0, 0, NULL},
         [F_WATCH] = {"--watch", 4, 0, 0, NULL},
         [F_TLS_LISTEN] = {"--tls-listen", 2, 0, 0, NULL},
         [F_TLS_CERT] = {"--tls-cert", 5, 0, 0, NULL},
@@ -456,6 +459,8 @@ int main(int argc, char **argv)
         cfg.max_headers = (size_t)flags[F_MAXHDRS].value;
     if (flags[F_MAXCONN].set)
         cfg.max_connections = (size_t)flags[F_MAXCONN].value;
+    if (flags[F_MAXADMIN].set)
+        cfg.max_admin_connections = (size_t)flags[F_MAXADMIN].value;
     if (flags[F_MAXBUF].set)
         cfg.max_buffered = (size_t)flags[F_MAXBUF].value;
     if (flags[F_MAXINBOX].set)
@@ -551,7 +556,7 @@ int main(int argc, char **argv)
                          "who reaches it could reload the app; listen on 127.0.0.1 or give "
                          "--admin-token-file FILE",
                          f->str);
-                rc = -1;
+                rc = -2; /* a usage error, like a bad value */
             }
         }
         if (rc != 0) {
@@ -559,7 +564,8 @@ int main(int argc, char **argv)
             mw__worker_stop(&w);
             mw__lua_close(&S);
             mw__worker_free(&w);
-            return port < 0 || strchr(err, '\'') ? 2 : 1; /* a bad value, or a failed listen */
+            /* a bad value, or a failed listen */
+            return rc == -2 || port < 0 || strchr(err, '\'') ? 2 : 1;
         }
         mw__log_always(MW_LOG_INFO, services[i].what, host,
                        mw__fd_port(services[i].metrics ? w.metrics_fd : w.admin_fd));

@@ -225,6 +225,7 @@ describe("moonwire CLI", function()
       -- spec/clients/test_python_reload.py)
       local srv = server.start("spec/apps/probe.lua", { flags = { "--admin", "0.0.0.0:0",
         "--admin-token-file", token_file(string.rep("b", 40) .. "\n") } })
+      assert.truthy(srv:wait_log("admin listener on 0%.0%.0%.0:%d+", 5), srv:log())
       local how, code = srv:stop()
       assert.are.same({ "exited", 0 }, { how, code })
     end)

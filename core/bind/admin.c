@@ -58,8 +58,21 @@ void mw__admin_request_cb(void *ud, mw_conn_t *c, const mw_http_request_t *req)
     /* --admin-token-file: every admin request shows the token (the metrics
      * listener has none to show: it answers GET /metrics only). */
     if (!c->metrics_only && S->admin_token && !authorized(req, S->admin_token)) {
-        mw_warn("admin listener: refused %.*s %.*s without the admin token", (int)req->method.n,
-                req->method.p, (int)(req->path.n > 200 ? 200 : req->path.n), req->path.p);
+        /* Logged at most once a second, with how many since: someone
+         * hammering the port must not flood the log. */
+        S->admin_refused++;
+        double now = ev_now(c->w->loop);
+        if (now - S->admin_warned >= 1.0) {
+            char addr[64];
+            mw__conn_peer(c, addr, sizeof addr);
+            mw_warn("admin listener: refused %.*s %.*s from %s without the admin token (%u "
+                    "refused since the last such line)",
+                    (int)(req->method.n > 32 ? 32 : req->method.n), req->method.p,
+                    (int)(req->path.n > 200 ? 200 : req->path.n), req->path.p, addr,
+                    S->admin_refused);
+            S->admin_warned = now;
+            S->admin_refused = 0;
+        }
         mw__conn_http_error(c, 401, "WWW-Authenticate: Bearer realm=\"moonwire admin\"\r\n",
                             "send Authorization: Bearer <the token in the server's "
                             "--admin-token-file> (moonwire reload --admin-token-file FILE)");

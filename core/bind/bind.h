@@ -71,6 +71,8 @@ typedef struct mw_lua {
     unsigned reloads, reload_failures;
     struct mw_tcp_state *tcp; /* outbound sockets, their pools and resolver (tcp.c) */
     const char *admin_token;  /* --admin-token-file's token, or NULL (admin.c) */
+    double admin_warned;      /* when a refused admin request was last logged */
+    unsigned admin_refused;   /* refused since then */
 } mw_lua_t;
 
 /* Creates the Lua state, loads the app file and keeps the app. Modules are

@@ -282,6 +282,7 @@ void mw__lua_apply_options(mw_lua_t *S, mw_config_t *cfg)
     NUM_OPT("max_header_bytes", max_header_bytes, size_t);
     NUM_OPT("max_headers", max_headers, size_t);
     NUM_OPT("max_connections", max_connections, size_t);
+    NUM_OPT("max_admin_connections", max_admin_connections, size_t);
     NUM_OPT("max_buffered", max_buffered, size_t);
     NUM_OPT("max_inbox_bytes", max_inbox_bytes, size_t);
     NUM_OPT("max_body_size", max_body_size, size_t);

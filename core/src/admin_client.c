@@ -19,19 +19,21 @@ int mw__admin_read_token(const char *path, char *tok, char *err, size_t errlen)
         snprintf(err, errlen, "cannot read the admin token file %s: %s", path, strerror(errno));
         return -1;
     }
+    static const char fix[] = "put one line of 16 to 1024 visible ASCII characters there, "
+                              "e.g. `openssl rand -hex 32 > FILE`";
     char buf[MW_ADMIN_TOKEN_MAX + 64];
+    errno = 0;
     size_t n = fread(buf, 1, sizeof buf, f);
-    int bad_read = ferror(f);
+    int bad_read = ferror(f), saved = errno;
     fclose(f);
     if (bad_read) {
-        snprintf(err, errlen, "cannot read the admin token file %s", path);
+        snprintf(err, errlen, "cannot read the admin token file %s: %s; %s", path,
+                 saved ? strerror(saved) : "read error", fix);
         return -1;
     }
     while (n > 0 &&
            (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
         n--;
-    static const char fix[] = "put one line of 16 to 1024 visible ASCII characters there, "
-                              "e.g. `openssl rand -hex 32 > FILE`";
     if (n > MW_ADMIN_TOKEN_MAX) {
         snprintf(err, errlen, "the admin token in %s is longer than 1024 characters; %s", path,
                  fix);

@@ -22,6 +22,7 @@ void mw__config_defaults(mw_config_t *cfg)
     cfg->max_buffered = 4u << 20;
     cfg->max_inbox_bytes = 1u << 20;
     cfg->max_body_size = 1u << 20;
+    cfg->max_admin_connections = 64;
     cfg->listen_backlog = 1024;
     strcpy(cfg->broker_prefix, "moonwire:");
     cfg->broker_max_pending = 16u << 20;
@@ -46,6 +47,8 @@ const char *mw__config_check(const mw_config_t *cfg)
         return "workers must be from 1 to 256";
     if (cfg->max_connections < 1)
         return "max_connections must be at least 1";
+    if (cfg->max_admin_connections < 1)
+        return "max_admin_connections must be at least 1";
     if (cfg->max_message_size < 1)
         return "max_message_size must be at least 1";
     /* A message becomes one Lua string, and LuaJIT's are below 2 GiB. */

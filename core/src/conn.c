@@ -170,6 +170,8 @@ void mw__conn_teardown(mw_conn_t *c, uint16_t code, const char *reason)
     }
 
     w->nconns--;
+    if (c->admin)
+        w->nservice--;
 
     /* A close code was recorded when a close frame went either way; without
      * one the connection ended abnormally (RFC 6455 7.1.5: 1006). */

@@ -274,6 +274,10 @@ static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const ui
         mw__conn_http_error(c, 413, NULL, "request body larger than max_body_size");
         return n;
     }
+    if (body > 0 && c->admin) { /* nothing there takes a body: none is buffered */
+        mw__conn_http_error(c, 413, NULL, "the admin and metrics listeners take no request body");
+        return n;
+    }
     free(c->msg);
     c->msg = NULL;
     c->msg_len = c->msg_cap = 0;

@@ -158,7 +158,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             }
             return;
         }
-        if (w->nconns >= w->cfg.max_connections) {
+        if (w->nconns - w->nservice >= w->cfg.max_connections) {
             mw_warn("refusing a connection: max_connections (%zu) reached", w->cfg.max_connections);
             refuse_busy(fd);
             continue;
@@ -313,7 +313,7 @@ static void tls_accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         int fd = accept4(w->tls_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
-        if (w->nconns >= w->cfg.max_connections) {
+        if (w->nconns - w->nservice >= w->cfg.max_connections) {
             /* No TLS yet: a plain refusal would be noise to a TLS client. */
             mw_warn("refusing a TLS connection: max_connections (%zu) reached",
                     w->cfg.max_connections);
@@ -377,9 +377,21 @@ static void accept_service(mw_worker_t *w, int lfd, int metrics_only)
     int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0)
         return;
+    /* Their own bound, apart from max_connections: whoever reaches these
+     * listeners cannot take the app's connection slots. */
+    if (w->nservice >= w->cfg.max_admin_connections) {
+        close(fd);
+        if (ev_now(w->loop) - w->service_warned >= 1.0) {
+            w->service_warned = ev_now(w->loop);
+            mw_warn("refusing %s connections: max_admin_connections (%zu) reached",
+                    metrics_only ? "metrics" : "admin", w->cfg.max_admin_connections);
+        }
+        return;
+    }
     mw_conn_t *c = mw__conn_new(w, fd, (struct sockaddr *)&ss, sl);
     c->admin = 1;
     c->metrics_only = (uint8_t)metrics_only;
+    w->nservice++;
 }
 
 static void admin_accept_cb(struct ev_loop *loop, ev_io *io, int revents)

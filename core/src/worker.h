@@ -130,6 +130,8 @@ struct mw_worker {
     mw_conn_t *leave_head; /* closing connections whose subscriptions end this iteration */
     mw_conn_t *all_head;   /* every connection, for shutdown */
     size_t nconns;
+    size_t nservice;       /* of which admin and metrics connections (max_admin_connections) */
+    double service_warned; /* when a refused admin connection was last logged */
     uint64_t next_id;
 
     mw_tlist_t tl[MW_TL_COUNT]; /* indexed by MW_TL_* (0 unused) */

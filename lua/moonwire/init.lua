@@ -78,6 +78,7 @@ local APP_OPTIONS = {
   max_header_bytes = "bytes",
   max_headers = "count",
   max_connections = "count",
+  max_admin_connections = "count",
   max_buffered = "bytes",
   max_inbox_bytes = "bytes",
   max_body_size = "message_bytes",

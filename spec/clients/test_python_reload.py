@@ -873,7 +873,8 @@ class AdminTests(ReloadCase):
 
     async def test_admin_token_guards_every_admin_request(self):
         token = secrets.token_hex(32)
-        self.start(token=token)
+        metrics_port = mwserver.free_port()
+        self.start("--metrics", "127.0.0.1:%d" % metrics_port, token=token)
         bearer = "Authorization: Bearer " + token
         wrong = token[:-1] + ("0" if token[-1] != "0" else "1")
         for method, path in (("GET", "/status"), ("POST", "/reload"), ("GET", "/metrics")):
@@ -887,10 +888,21 @@ class AdminTests(ReloadCase):
                                  r'(?im)^WWW-Authenticate: Bearer realm="moonwire admin"\r?$')
                 self.assertIn("--admin-token-file", body)
         self.assertEqual(self.log_count(r"reloaded|reload failed"), 0)
-        self.assertGreaterEqual(self.log_count(r"admin listener: refused POST /reload without "
-                                               r"the admin token"), 5)
+        # 15 refusals, one log line: at most one a second, with a count
+        refused = r"admin listener: refused (\S+ \S+) from 127\.0\.0\.1 without the admin token"
+        self.assertEqual(self.log_count(refused), 1, self.server.log_tail(20))
+        await asyncio.sleep(1.1)
+        status, _ = await self.admin("GET", "/status")
+        self.assertEqual(status, 401)
+        await self.wait_log_count(refused, 2)
+        self.assertEqual(self.log_count(refused + r" \(15 refused since the last"), 1,
+                         self.server.log_tail(20))
         status, st = await self.admin("GET", "/status", headers=(bearer,))
         self.assertEqual((status, st["reloads"]), (200, 0), st)
+        # the separate metrics listener takes no token
+        status, text = await self.admin("GET", "/metrics", port=metrics_port)
+        self.assertEqual(status, 200)
+        self.assertIn("moonwire_connections_accepted_total", text)
         # the scheme is case-insensitive (RFC 9110 11.1)
         status, _ = await self.admin("GET", "/metrics",
                                      headers=("authorization: bearer " + token,))
@@ -914,6 +926,37 @@ class AdminTests(ReloadCase):
                                                    os.path.join(self.dir, "missing.token"))
         self.assertEqual(code, 2, err)
         self.assertIn("missing.token", err)
+
+    async def test_admin_connections_have_their_own_bound(self):
+        self.start("--max-admin-connections", "2", "--max-connections", "1")
+        # two idle admin connections fill max_admin_connections ...
+        held = [await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.admin_port), T)
+                for _ in range(2)]
+        await asyncio.sleep(0.2)
+        # ... so a third is closed at once, without an answer
+        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.admin_port), T)
+        self.assertEqual(await asyncio.wait_for(r.read(), T), b"")
+        w.close()
+        self.assertEqual(self.log_count(r"refusing admin connections: max_admin_connections "
+                                        r"\(2\) reached"), 1)
+        # and none of them took the app's one connection slot
+        ws = await self.opened()
+        self.assertEqual(await self.ask(ws, "hello"), "v1 h1 nil hello")
+        await ws.close()
+        for r, w in held:
+            w.close()
+        await asyncio.sleep(0.2)
+        status, _ = await self.admin("GET", "/status")
+        self.assertEqual(status, 200)
+        # a request with a body is refused before any of it is buffered
+        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.admin_port), T)
+        w.write(b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        await w.drain()
+        data = await asyncio.wait_for(r.read(), T)
+        w.close()
+        self.assertTrue(data.startswith(b"HTTP/1.1 413 "), data[:100])
+        self.assertIn(b"take no request body", data)
+        self.assertEqual(self.log_count("reloaded"), 0)
 
     async def test_admin_methods_and_paths(self):
         self.start()
