@@ -148,18 +148,25 @@ def per_cpu(data, sc, s):
 
 def targets(data, meds, pairs):
     """The issue's targets (#4), each a ratio measured in the same run."""
-    npairs = max((len(v) for v in pairs.values()), default=0)
+    counts = sorted({len(v) for v in pairs.values()})
+    if counts:
+        times = str(counts[0]) if len(counts) == 1 else "%d-%d" % (counts[0], counts[-1])
+        paired = ("\"pairs\" is for the throughput targets: moonwire and the raw echo ran back "
+                  "to back %s more times each (which went first alternating; a broadcast "
+                  "scenario against the raw echo32-d32), and the cell is the median (min-max) "
+                  "of those pairs' ratios. A pair is measured within some 15 s, so the shared "
+                  "machine's drift over minutes, which moves the raw echo alone by up to 30%% "
+                  "between runs, cancels out of it; where pairs exist, they decide the target. "
+                  % times)
+    else:
+        paired = ("No back-to-back pairs ran (`BENCH_PAIRS=0`, or moonwire or raw left out), "
+                  "so the medians decide. ")
     md = ["## Targets\n",
           "The targets of the benchmark issue, each measured in this run. \"medians\" is the "
-          "ratio of the throughput tables' medians. \"pairs\" is for the throughput "
-          "targets: moonwire and the raw echo ran back to back %d more times each (which went "
-          "first alternating; a broadcast scenario against the raw echo32-d32), and the cell is the median (min-max) of those pairs' ratios. A pair "
-          "is measured within some 15 s, so the shared machine's drift over minutes, which "
-          "moves the raw echo alone by up to 30%% between runs, cancels out of it; where "
-          "pairs exist, they decide the target. \"per server CPU\" divides each side's "
-          "throughput by its server's CPU share over the window (`server_cpu`), so it still "
-          "compares the servers when the generator, not the server, bounded one side (see its "
-          "idle share below).\n" % npairs,
+          "ratio of the throughput tables' medians. " + paired + "\"per server CPU\" divides "
+          "each side's throughput by its server's CPU share over the window (`server_cpu`), so "
+          "it still compares the servers when the generator, not the server, bounded one side "
+          "(see its idle share below).\n",
           "| target | medians | pairs | per server CPU | met |", "|---|---|---|---|---|"]
 
     def row(what, val, goal, cpu=None, fmt="%.3fx", higher=True, paired=None):

@@ -237,9 +237,13 @@ fi
 total=$((${#plan[@]} * runs + ${#pair_scenarios[@]} * pairs * 2))
 mkdir -p "$results/pairs"
 # BENCH_KEEP=1 keeps earlier results (to re-run some servers or scenarios)
-[ "${BENCH_KEEP:-0}" = 1 ] || rm -f "$results"/*.json
-# the pairs of a scenario are re-run whole or not at all
-for sc in "${pair_scenarios[@]}"; do rm -f "$results/pairs/$sc".*.json; done
+[ "${BENCH_KEEP:-0}" = 1 ] || rm -f "$results"/*.json "$results"/pairs/*.json
+# Pairs must not outlive the moonwire or raw runs they were measured beside:
+# a scenario whose plain moonwire or raw runs are re-made loses its old pairs
+# (and gets new ones when both servers run).
+if [[ " $variants " == *" plain "* && (" $servers " == *" moonwire "* || " $servers " == *" raw "*) ]]; then
+    for sc in $scenarios; do rm -f "$results/pairs/$sc".*.json; done
+fi
 say "$total runs: $(tr '\n' ' ' <<<"$scenarios")on $servers; server CPU $scpu, generator CPU $gcpu"
 n=0
 t0=$(date +%s)
