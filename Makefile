@@ -44,6 +44,8 @@ test-asan: test-deps node-deps
 # The integration specs with the server under valgrind (no leak, no invalid
 # access: any valgrind error fails the run). Logs in $(VALGRIND_DIR).
 # Per checkout: the target wipes it first, and two checkouts must not share it.
+# Not under nohup: scripts/valgrind-moonwire must forward SIGHUP (reloads) and
+# refuses to start when it is ignored.
 VALGRIND_DIR ?= $(CURDIR)/$(BUILD)/valgrind
 VALGRIND_SPECS ?= spec/handlers_spec.lua spec/framing_spec.lua spec/app_pubsub_spec.lua \
                   spec/clients_spec.lua
