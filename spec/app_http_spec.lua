@@ -116,17 +116,64 @@ describe("app http", function()
       assert.are.equal("put payload", res.body)
     end)
 
-    it("413 for a body over max_body_size; 501 for Transfer-Encoding", function()
+    it("413 for a body over max_body_size; 501 for a coding other than chunked", function()
       local c = http.connect(srv)
       assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n"))
       local res = assert(http.read(c, "POST"))
       assert.are.equal(413, res.status)
       c:close_tcp()
       c = http.connect(srv)
-      assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+      assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
         .. "3\r\nabc\r\n0\r\n\r\n"))
       res = assert(http.read(c, "POST"))
       assert.are.equal(501, res.status)
+      c:close_tcp()
+      -- a chunk announcing more than max_body_size: 413 before its data
+      c = http.connect(srv)
+      assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .. "8000\r\n" .. ("x"):rep(0x8000) .. "\r\n8001\r\n")) -- 65537 > 65536
+      res = assert(http.read(c, "POST"))
+      assert.are.equal(413, res.status)
+      c:close_tcp()
+      -- a malformed chunk: 400 naming it
+      c = http.connect(srv)
+      assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .. "3\r\nabcd\r\n0\r\n\r\n"))
+      res = assert(http.read(c, "POST"))
+      assert.are.equal(400, res.status)
+      assert.truthy(res.body:find("chunk data not followed by CRLF", 1, true), res.body)
+      c:close_tcp()
+    end)
+
+    it("chunked bodies arrive whole, across reads, with extensions and trailers", function()
+      local body = ws.random_bytes(40000, 11)
+      -- chunks of varied sizes, one with extensions; sent in small pieces
+      local parts, off = {}, 1
+      for _, n in ipairs { 1, 15, 16, 4095, 4096, 10000, 21777 } do
+        local ext = n == 15 and ";name=value;flag" or ""
+        parts[#parts + 1] = ("%x%s\r\n"):format(n, ext) .. body:sub(off, off + n - 1) .. "\r\n"
+        off = off + n
+      end
+      assert.are.equal(#body + 1, off)
+      local raw = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        .. "Content-Type: application/x-test\r\n\r\n" .. table.concat(parts)
+        .. "0\r\nX-Checksum: 1\r\nX-Other: two\r\n\r\n"
+      local c = http.connect(srv)
+      for i = 1, #raw, 997 do
+        assert(c:send_raw(raw:sub(i, i + 996)))
+      end
+      -- a pipelined request right behind the body on the same connection
+      assert(c:send_raw("GET /users/7/posts/9 HTTP/1.1\r\nHost: x\r\n\r\n"))
+      local res = assert(http.read(c, "POST"))
+      assert.are.equal(200, res.status)
+      assert.are.equal(tostring(#body), res.headers["x-body-length"])
+      assert.is_true(res.body == body, "echoed body differs")
+      res = assert(http.read(c, "GET"))
+      assert.are.equal("user=7 post=9", res.body)
+      -- an empty chunked body
+      assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"))
+      res = assert(http.read(c, "POST"))
+      assert.are.equal("0", res.headers["x-body-length"])
       c:close_tcp()
     end)
 

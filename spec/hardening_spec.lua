@@ -122,9 +122,12 @@ describe("hardening", function()
       { "Content-Length + Transfer-Encoding (POST)",
         raw("POST /body HTTP/1.1", { "Host: x", "Content-Length: 5", "Transfer-Encoding: chunked" },
           "0\r\n\r\n") },
-      -- Any Transfer-Encoding is a coding the server does not implement: 501.
+      -- An upgrade has no body: a chunked one is refused like a Content-Length;
+      -- a coding the server does not implement is 501.
       { "Transfer-Encoding on an upgrade",
-        raw("GET /echo HTTP/1.1", up({ "Transfer-Encoding: chunked" }), "0\r\n\r\n"), 501 },
+        raw("GET /echo HTTP/1.1", up({ "Transfer-Encoding: chunked" }), "0\r\n\r\n") },
+      { "a transfer coding other than chunked on an upgrade",
+        raw("GET /echo HTTP/1.1", up({ "Transfer-Encoding: gzip, chunked" }), "0\r\n\r\n"), 501 },
       { "two Upgrade headers", raw("GET /echo HTTP/1.1", up({ "Upgrade: websocket" })) },
       { "two Sec-WebSocket-Key headers",
         raw("GET /echo HTTP/1.1", up({ "Sec-WebSocket-Key: " .. ws.new_key() })) },

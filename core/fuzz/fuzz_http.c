@@ -105,6 +105,54 @@ static void parse(const char *data, size_t len, size_t max_head, size_t max_head
     free(buf);
 }
 
+/* A chunked body after the head, decoded in pieces of step bytes: returns
+ * the decoder's verdict, with the data in out and where the body ended. */
+typedef struct {
+    int r, status;
+    size_t outlen, end;
+} chunked_result_t;
+
+static void decode_chunked(const char *in, size_t n, size_t step, uint8_t *out,
+                           chunked_result_t *res)
+{
+    mw_chunked_t st;
+    memset(&st, 0, sizeof st);
+    memset(res, 0, sizeof *res);
+    for (size_t off = 0; off < n;) {
+        size_t piece = n - off < step ? n - off : step;
+        uint8_t *b = malloc(piece); /* exact size, for ASan */
+        memcpy(b, in + off, piece);
+        for (size_t p = 0; p < piece;) {
+            size_t used, dlen;
+            const uint8_t *d = NULL;
+            const char *why = NULL;
+            res->r = mw__http_chunked(&st, b + p, piece - p, 4096, 256, &used, &d, &dlen,
+                                      &res->status, &why);
+            if (res->r < 0) {
+                FUZZ_ASSERT(why != NULL && (res->status == 400 || res->status == 413 ||
+                                            res->status == 431));
+                free(b);
+                return;
+            }
+            FUZZ_ASSERT(used <= piece - p && (used > 0 || res->r == 1));
+            FUZZ_ASSERT(res->outlen + dlen <= 4096);
+            if (dlen) {
+                FUZZ_ASSERT(d >= b + p && d + dlen <= b + p + used);
+                memcpy(out + res->outlen, d, dlen);
+                res->outlen += dlen;
+            }
+            p += used;
+            if (res->r == 1) {
+                res->end = off + p;
+                free(b);
+                return;
+            }
+        }
+        free(b);
+        off += piece;
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -144,5 +192,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_ASSERT(grown.req.nheaders == whole.req.nheaders &&
                     grown.req.method.n == whole.req.method.n &&
                     grown.req.target.n == whole.req.target.n);
+    if (whole.r > 0 && whole.req.chunked) {
+        /* The body after the head, whole and in pieces: the same verdict,
+         * data and end. */
+        size_t n = size - (size_t)whole.r;
+        uint8_t *a = malloc(n + 1), *b = malloc(n + 1);
+        chunked_result_t ra, rb;
+        decode_chunked(req + whole.r, n, n ? n : 1, a, &ra);
+        decode_chunked(req + whole.r, n, step, b, &rb);
+        FUZZ_ASSERT(ra.r == rb.r && ra.status == rb.status);
+        if (ra.r >= 0)
+            FUZZ_ASSERT(ra.outlen == rb.outlen && memcmp(a, b, ra.outlen) == 0 &&
+                        ra.end == rb.end && ra.outlen <= n);
+        free(a);
+        free(b);
+    }
     return 0;
 }

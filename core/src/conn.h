@@ -117,7 +117,10 @@ struct mw_conn {
     union {
         mw_http_parser_t http;
         mw_ws_parser_t ws;
-        uint64_t body_left; /* MW_CONN_HTTP_BODY: request body bytes still to come */
+        struct {
+            mw_chunked_t ck; /* chunked: the decoder; else ck.left is the bytes still to come */
+            uint8_t chunked; /* the body comes in the chunked coding (RFC 9112 7.1) */
+        } body;              /* MW_CONN_HTTP_BODY: a plain request's body */
     } p;
 
     /* Timer lists (see worker.h). */

@@ -250,6 +250,54 @@ static void dispatch(mw_conn_t *c)
 /* A plain request's head was parsed from the front of the input; rest[0..n)
  * follows it. Decides keep-alive, starts reading the body, and dispatches
  * once the body is complete. Returns the bytes of rest it consumed. */
+/* A chunked request body (RFC 9112 7.1): decodes buf[0..len) into c->msg,
+ * growing it as chunks arrive (at most max_body_size); when the body ends,
+ * what follows is kept for the next request and the request dispatched. */
+static size_t chunked_body(mw_conn_t *c, const uint8_t *buf, size_t len)
+{
+    mw_worker_t *w = c->w;
+    size_t off = 0;
+    while (off < len) {
+        size_t used, dlen;
+        const uint8_t *data = NULL;
+        int status;
+        const char *why;
+        int rc = mw__http_chunked(&c->p.body.ck, buf + off, len - off, w->cfg.max_body_size,
+                                  w->cfg.max_header_bytes, &used, &data, &dlen, &status, &why);
+        if (rc < 0) {
+            mw__conn_http_error(c, status, NULL, why);
+            return len;
+        }
+        if (dlen) {
+            /* The decoder bounds msg_len + dlen by max_body_size (< 2 GiB). */
+            size_t need = (size_t)c->msg_len + dlen;
+            if (need > c->msg_cap) {
+                size_t cap = c->msg_cap ? (size_t)c->msg_cap * 2 : 4096;
+                if (cap < need)
+                    cap = need;
+                if (cap > w->cfg.max_body_size)
+                    cap = need > w->cfg.max_body_size ? need : w->cfg.max_body_size;
+                c->msg = mw__xrealloc(c->msg, cap);
+                c->msg_cap = (uint32_t)cap;
+            }
+            memcpy(c->msg + c->msg_len, data, dlen);
+            c->msg_len = (uint32_t)need;
+        }
+        off += used;
+        if (rc == 1) {
+            /* What follows (a pipelined request) waits in the carry-over. */
+            if (off < len) {
+                c->in = mw__xmalloc(len - off);
+                memcpy(c->in, buf + off, len - off);
+                c->in_len = (uint32_t)(len - off);
+            }
+            dispatch(c);
+            return len;
+        }
+    }
+    return len;
+}
+
 static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const uint8_t *rest,
                             size_t n)
 {
@@ -274,13 +322,30 @@ static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const ui
         mw__conn_http_error(c, 413, NULL, "request body larger than max_body_size");
         return n;
     }
-    if (body > 0 && c->admin) { /* nothing there takes a body: none is buffered */
+    if ((body > 0 || req->chunked) && c->admin) { /* nothing there takes a body: none is buffered */
         mw__conn_http_error(c, 413, NULL, "the admin and metrics listeners take no request body");
         return n;
+    }
+    /* RFC 9110 10.1.1: a client that sent Expect: 100-continue may wait
+     * for this before it sends the body (after the checks above, which
+     * answer instead). */
+    if ((body > 0 || req->chunked) && n == 0 && req->version_minor >= 1) {
+        const mw_http_header_t *ex = mw__http_header_find(req, "expect");
+        if (ex && mw__slice_ieq(ex->value, "100-continue")) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            mw__outq_append2(&w->pool, &c->out, cont, sizeof cont - 1, NULL, 0);
+            mw__conn_want_flush(c);
+        }
     }
     free(c->msg);
     c->msg = NULL;
     c->msg_len = c->msg_cap = 0;
+    if (req->chunked) {
+        memset(&c->p.body, 0, sizeof c->p.body);
+        c->p.body.chunked = 1;
+        c->state = MW_CONN_HTTP_BODY;
+        return chunked_body(c, rest, n);
+    }
     if (body > 0) {
         c->msg = mw__xmalloc((size_t)body);
         c->msg_cap = (uint32_t)body;
@@ -291,7 +356,8 @@ static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const ui
     c->msg_len = (uint32_t)take;
     if (take < body) {
         c->state = MW_CONN_HTTP_BODY;
-        c->p.body_left = body - take;
+        c->p.body.chunked = 0;
+        c->p.body.ck.left = body - take;
         return take;
     }
     /* Complete: what follows (a pipelined request) waits in the carry-over. */
@@ -306,11 +372,13 @@ static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const ui
 
 size_t mw__conn_http_body(mw_conn_t *c, uint8_t *buf, size_t len)
 {
-    size_t take = len < c->p.body_left ? len : (size_t)c->p.body_left;
+    if (c->p.body.chunked)
+        return chunked_body(c, buf, len);
+    size_t take = len < c->p.body.ck.left ? len : (size_t)c->p.body.ck.left;
     memcpy(c->msg + c->msg_len, buf, take);
     c->msg_len += (uint32_t)take;
-    c->p.body_left -= take;
-    if (c->p.body_left > 0)
+    c->p.body.ck.left -= take;
+    if (c->p.body.ck.left > 0)
         return take;
     if (take < len) {
         c->in = mw__xmalloc(len - take);

@@ -138,6 +138,45 @@ static int parse_version(const unsigned char *b, size_t i, size_t end, int *mino
     return 0;
 }
 
+/* The Transfer-Encoding fields, in order, as one list: chunked must be the
+ * final coding and appear once (RFC 9112 6.3: otherwise the framing is
+ * unknown -> 400); chunked is the only coding decoded, so one before it
+ * (gzip, chunked) -> 501. */
+static int check_codings(mw_http_request_t *req, int *status, const char **why)
+{
+    size_t codings = 0, chunked = 0;
+    int last_chunked = 0;
+    for (size_t h = 0; h < req->nheaders; h++) {
+        const mw_http_header_t *hd = &req->headers[h];
+        if (!mw__slice_ieq(hd->name, "transfer-encoding"))
+            continue;
+        size_t i = 0;
+        while (i <= hd->value.n) {
+            size_t s = i, e;
+            while (i < hd->value.n && hd->value.p[i] != ',')
+                i++;
+            e = i++;
+            while (s < e && (hd->value.p[s] == SP || hd->value.p[s] == HTAB))
+                s++;
+            while (e > s && (hd->value.p[e - 1] == SP || hd->value.p[e - 1] == HTAB))
+                e--;
+            if (s == e) /* an empty element (RFC 9110 5.6.1) */
+                continue;
+            codings++;
+            last_chunked = e - s == 7 && ieq(hd->value.p + s, "chunked", 7);
+            chunked += (size_t)last_chunked;
+        }
+    }
+    if (!codings || !last_chunked)
+        return refuse(status, why, 400, "chunked must be the final transfer coding");
+    if (chunked > 1)
+        return refuse(status, why, 400, "chunked applied more than once");
+    if (codings > 1)
+        return refuse(status, why, 501, "transfer coding not implemented (only chunked)");
+    req->chunked = 1;
+    return 0;
+}
+
 /* Checks the fields that decide message framing, once all are known. */
 static int check_framing(mw_http_request_t *req, int *status, const char **why)
 {
@@ -176,12 +215,10 @@ static int check_framing(mw_http_request_t *req, int *status, const char **why)
         return refuse(status, why, 400, "HTTP/1.1 request without Host");
     if (te) {
         /* RFC 9112 6.1: Transfer-Encoding with Content-Length is a smuggling
-         * attempt, and in HTTP/1.0 it means faulty framing: both -> 400.
-         * Otherwise it announces a body in a coding we do not implement (we
-         * read no request bodies at all) -> 501. */
+         * attempt, and in HTTP/1.0 it means faulty framing: both -> 400. */
         if (first_cl || req->version_minor == 0)
             return refuse(status, why, 400, "Transfer-Encoding not allowed here");
-        return refuse(status, why, 501, "transfer coding not implemented");
+        return check_codings(req, status, why);
     }
     return 0;
 }
@@ -243,6 +280,7 @@ static int parse_head(const unsigned char *b, size_t head_len, mw_http_request_t
     i = eol + 2;
 
     req->nheaders = 0;
+    req->chunked = 0;
     while (b[i] != CR) {
         mw_http_header_t *hd;
         size_t name_end, vstart, vend;
@@ -318,6 +356,127 @@ size_t mw__http_header_count(const mw_http_request_t *req, const char *name)
         if (mw__slice_ieq(req->headers[i].name, name))
             n++;
     return n;
+}
+
+/* mw_chunked_t.state */
+enum {
+    CK_SIZE,     /* hex digits of a chunk size */
+    CK_EXT,      /* after the size: BWS, chunk extensions, up to CR */
+    CK_SIZE_LF,  /* the LF ending a chunk-size line */
+    CK_DATA,     /* chunk data */
+    CK_DATA_CR,  /* the CRLF after chunk data */
+    CK_DATA_LF,  /*   */
+    CK_TRAILER,  /* the start of a trailer line, or the CR of the final CRLF */
+    CK_FIELD,    /* inside a trailer field line, up to CR */
+    CK_FIELD_LF, /* the LF ending a trailer field line */
+    CK_END_LF    /* the LF of the final CRLF */
+};
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (unsigned char)lower(c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int mw__http_chunked(mw_chunked_t *st, const uint8_t *in, size_t n, uint64_t max_body,
+                     size_t max_trailer, size_t *used, const uint8_t **data, size_t *dlen,
+                     int *status, const char **why)
+{
+    size_t i = 0;
+    *dlen = 0;
+    while (i < n) {
+        unsigned char c = in[i];
+        switch (st->state) {
+        case CK_DATA: {
+            size_t take = n - i < st->left ? n - i : (size_t)st->left;
+            *data = in + i;
+            *dlen = take;
+            st->left -= take;
+            if (st->left == 0)
+                st->state = CK_DATA_CR;
+            *used = i + take;
+            return 0;
+        }
+        case CK_SIZE: {
+            int v = hexval(c);
+            if (v >= 0) {
+                if (st->left >> 60) /* one more digit would overflow */
+                    return refuse(status, why, 413, "request body larger than max_body_size");
+                st->left = st->left << 4 | (uint64_t)v;
+                st->digits = 1;
+                break;
+            }
+            if (!st->digits)
+                return refuse(status, why, 400, "invalid chunk size");
+            if (st->left > max_body || st->total + st->left > max_body)
+                return refuse(status, why, 413, "request body larger than max_body_size");
+            st->total += st->left;
+            st->digits = 0; /* from here: whether a ';' was seen */
+            st->state = CK_EXT;
+            continue; /* this byte belongs to what follows the size */
+        }
+        case CK_EXT:
+            /* chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ):
+             * skipped, but only visible characters, SP and HTAB. */
+            if (c == '\r')
+                st->state = CK_SIZE_LF;
+            else if (c == '\n')
+                return refuse(status, why, 400, "a chunk-size line must end in CRLF");
+            else if (!is_field_char(c))
+                return refuse(status, why, 400, "invalid character in a chunk extension");
+            else if (!st->digits && c != ';' && c != SP && c != HTAB)
+                return refuse(status, why, 400, "invalid chunk size");
+            else if (c == ';')
+                st->digits = 1;
+            break;
+        case CK_SIZE_LF:
+            if (c != '\n')
+                return refuse(status, why, 400, "a chunk-size line must end in CRLF");
+            st->line = 0;
+            st->digits = 0;
+            st->state = st->left ? CK_DATA : CK_TRAILER;
+            break;
+        case CK_DATA_CR:
+        case CK_DATA_LF:
+            if (c != (st->state == CK_DATA_CR ? '\r' : '\n'))
+                return refuse(status, why, 400, "chunk data not followed by CRLF");
+            st->state = st->state == CK_DATA_CR ? CK_DATA_LF : CK_SIZE;
+            break;
+        case CK_TRAILER:
+            if (c == '\r') {
+                st->state = CK_END_LF;
+                break;
+            }
+            st->state = CK_FIELD;
+            continue;
+        case CK_FIELD:
+            if (c == '\r')
+                st->state = CK_FIELD_LF;
+            else if (c == '\n' || !is_field_char(c))
+                return refuse(status, why, 400, "invalid trailer field");
+            break;
+        case CK_FIELD_LF:
+            if (c != '\n')
+                return refuse(status, why, 400, "a trailer line must end in CRLF");
+            st->state = CK_TRAILER;
+            break;
+        case CK_END_LF:
+            if (c != '\n')
+                return refuse(status, why, 400, "the chunked body must end in CRLF");
+            *used = i + 1;
+            return 1;
+        }
+        if ((st->state == CK_EXT || st->state == CK_SIZE) && ++st->line > MW_CHUNK_LINE_MAX)
+            return refuse(status, why, 400, "chunk-size line too long");
+        if ((st->state == CK_FIELD || st->state == CK_FIELD_LF || st->state == CK_END_LF) &&
+            ++st->trailer > max_trailer)
+            return refuse(status, why, 431, "trailer section larger than max_header_bytes");
+        i++;
+    }
+    *used = n;
+    return 0;
 }
 
 int mw__http_list_has(mw_slice_t value, const char *token)

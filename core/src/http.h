@@ -10,6 +10,7 @@
 #define MW_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "moonwire/moonwire.h"
 
@@ -28,6 +29,7 @@ typedef struct mw_http_request {
     size_t max_headers;        /* ... of this capacity */
     size_t nheaders;           /* filled on success */
     size_t head_len;           /* bytes of the head, including the final CRLF CRLF */
+    int chunked;               /* the body comes in the chunked coding (RFC 9112 7.1) */
 } mw_http_request_t;
 
 /* Resumable scan state; zero it before the first call of each request. */
@@ -54,6 +56,35 @@ typedef struct mw_http_parser {
  * tolerated as RFC 9112 2.2 allows. */
 int mw__http_parse_request(mw_http_parser_t *st, const char *buf, size_t len, size_t max_head,
                            mw_http_request_t *req, int *status, const char **why);
+
+/* A chunked request body being decoded (RFC 9112 7.1), resumable at any
+ * byte; zero it before the body's first byte. */
+typedef struct mw_chunked {
+    uint64_t left;    /* data bytes still to come in the current chunk */
+    uint64_t total;   /* data bytes of the body so far, this chunk's announced ones included */
+    uint32_t line;    /* bytes of the current chunk-size or trailer line so far */
+    uint32_t trailer; /* bytes of the trailer section so far */
+    uint8_t state;    /* where in the coding (http.c) */
+    uint8_t digits;   /* hex digits of the chunk size so far */
+} mw_chunked_t;
+
+/* Bytes a chunk-size line (size and chunk extensions) may take. */
+#define MW_CHUNK_LINE_MAX 4096
+
+/* Decodes in[0..n) of a chunked body, up to one span of data at a time.
+ * Sets *used to the bytes consumed and (*data, *dlen) to the data found in
+ * them (dlen 0 if none); call again with the rest. Returns:
+ *   0    more input is needed (*used == n) or a span of data was found;
+ *   1    the body ended (last chunk and trailer section read): *used stops
+ *        there, and what follows is the next request;
+ *   < 0  the body is refused: *status 400 (malformed: *why says where) or
+ *        413 (the data would exceed max_body, decided on the chunk size
+ *        before its data is read), or 431 (trailers beyond max_trailer).
+ * Chunk extensions are skipped and trailer fields discarded (a server may,
+ * RFC 9112 7.1.2); every line must end in CRLF. */
+int mw__http_chunked(mw_chunked_t *st, const uint8_t *in, size_t n, uint64_t max_body,
+                     size_t max_trailer, size_t *used, const uint8_t **data, size_t *dlen,
+                     int *status, const char **why);
 
 /* Returns the first header named name (case-insensitive), or NULL. */
 const mw_http_header_t *mw__http_header_find(const mw_http_request_t *req, const char *name);

@@ -1,6 +1,8 @@
 /* Tests for core/src/http.c: request heads parsed whole and one byte at a
  * time, every refusal and its status, the head and header-count limits,
  * token lists, header lookup and reason phrases. */
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -238,7 +240,15 @@ static const struct bad_request bad_requests[] = {
     BAD("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", 400),
     BAD("GET / HTTP/1.0\r\nHost: a\r\nHOST: a\r\n\r\n", 400),
     /* Framing (RFC 9112 6). */
-    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: "
+        "chunked\r\n\r\n",
+        501),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n", 400),
+    BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;q=1\r\n\r\n", 400),
     BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
         400),
     BAD("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
@@ -467,6 +477,145 @@ static void test_reasons(void)
     CHECK(strcmp(mw__http_reason(-1), "") == 0);
 }
 
+/* Decodes a whole chunked body handed over in pieces of at most `step`
+ * bytes (0: all at once); returns the decoder's last result and fills
+ * out/outlen with the data and *end with where the body ended. */
+static int chunked_run(const char *in, size_t n, size_t step, uint64_t max_body, char *out,
+                       size_t *outlen, size_t *end, int *status)
+{
+    mw_chunked_t st;
+    memset(&st, 0, sizeof st);
+    *outlen = 0;
+    *end = 0;
+    size_t off = 0;
+    while (off < n) {
+        size_t piece = step && n - off > step ? step : n - off;
+        /* an exact-size heap copy of the piece, for ASan */
+        uint8_t *b = malloc(piece);
+        memcpy(b, in + off, piece);
+        size_t p = 0;
+        while (p < piece) {
+            size_t used, dlen;
+            const uint8_t *d = NULL;
+            const char *why;
+            int r = mw__http_chunked(&st, b + p, piece - p, max_body, 64, &used, &d, &dlen, status,
+                                     &why);
+            if (r < 0) {
+                free(b);
+                return r;
+            }
+            CHECK(used <= piece - p);
+            CHECK(used > 0 || r == 1);
+            if (dlen) {
+                CHECK(d >= b + p && d + dlen <= b + p + used);
+                memcpy(out + *outlen, d, dlen);
+                *outlen += dlen;
+            }
+            p += used;
+            if (r == 1) {
+                *end = off + p;
+                free(b);
+                return 1;
+            }
+        }
+        free(b);
+        off += piece;
+    }
+    return 0;
+}
+
+static void test_chunked(void)
+{
+    char out[256];
+    size_t outlen, end;
+    int status;
+    static const char body[] = "5\r\nhello\r\n"
+                               "1A;name=val;x=\"q\"\r\nabcdefghijklmnopqrstuvwxyz\r\n"
+                               "00001 \t;ext\r\n!\r\n"
+                               "0\r\nTrailer-A: 1\r\nB: two\r\n\r\n"
+                               "NEXT";
+    size_t n = sizeof body - 1;
+    static const char want[] = "helloabcdefghijklmnopqrstuvwxyz!";
+    /* whole, byte by byte, and in every piece size up to the body */
+    for (size_t step = 0; step <= n; step++) {
+        int r = chunked_run(body, n, step, 1000, out, &outlen, &end, &status);
+        CHECK_EQ(r, 1);
+        CHECK_EQ(outlen, sizeof want - 1);
+        CHECK(memcmp(out, want, outlen) == 0);
+        CHECK_EQ(end, n - 4); /* "NEXT" is the next request's */
+    }
+    /* an empty body */
+    CHECK_EQ(chunked_run(LIT("0\r\n\r\n"), 0, 1000, out, &outlen, &end, &status), 1);
+    CHECK_EQ(outlen, 0);
+    /* incomplete: needs more */
+    CHECK_EQ(chunked_run(LIT("5\r\nhel"), 1, 1000, out, &outlen, &end, &status), 0);
+    CHECK_EQ(chunked_run(LIT("0\r\nX: y\r\n"), 0, 1000, out, &outlen, &end, &status), 0);
+
+    /* refusals, each also fed byte by byte */
+    static const struct {
+        const char *in;
+        uint64_t max;
+        int status;
+    } bad[] = {
+        {"\r\n", 1000, 400},                        /* no size */
+        {"x\r\n", 1000, 400},                       /* not hex */
+        {"5x\r\nhello\r\n", 1000, 400},             /* junk after the size */
+        {"5 x\r\nhello\r\n", 1000, 400},            /* junk after BWS */
+        {"5\nhello\r\n", 1000, 400},                /* bare LF */
+        {"5\rhello\r\n", 1000, 400},                /* bare CR */
+        {"5;a\x01b\r\nhello\r\n", 1000, 400},       /* control character in an extension */
+        {"5\r\nhelloX\r\n", 1000, 400},             /* data longer than announced */
+        {"5\r\nhello\n0\r\n\r\n", 1000, 400},       /* data ends in a bare LF */
+        {"0\r\nX: y\n\r\n", 1000, 400},             /* trailer ends in a bare LF */
+        {"0\r\nX: \x01\r\n\r\n", 1000, 400},        /* control character in a trailer */
+        {"0\r\n\rX", 1000, 400},                    /* final CR without LF */
+        {"3e9\r\n", 1000, 413},                     /* over max_body, before any data */
+        {"200\r\n", 511, 413},                      /* 512 > 511 */
+        {"10000000000000000\r\n", UINT64_MAX, 413}, /* 2^64 overflows */
+        {"0\r\nX: 0123456789012345678901234567890123456789012345678901234567890123456789\r\n"
+         "\r\n",
+         1000, 431}, /* trailers over 64 bytes */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        for (size_t step = 0; step <= 1; step++) {
+            status = 0;
+            int r = chunked_run(bad[i].in, strlen(bad[i].in), step, bad[i].max, out, &outlen, &end,
+                                &status);
+            if (r >= 0 || status != bad[i].status)
+                fprintf(stderr, "  chunked case %zu (step %zu): r %d status %d, want %d\n", i, step,
+                        r, status, bad[i].status);
+            CHECK(r < 0);
+            CHECK_EQ(status, bad[i].status);
+        }
+    }
+    /* two chunks within max_body, the third over it */
+    CHECK_EQ(
+        chunked_run(LIT("3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"), 0, 6, out, &outlen, &end, &status),
+        1);
+    CHECK(chunked_run(LIT("3\r\nabc\r\n3\r\ndef\r\n1\r\n"), 0, 6, out, &outlen, &end, &status) < 0);
+    CHECK_EQ(status, 413);
+    /* a chunk-size line of MW_CHUNK_LINE_MAX bytes passes, one more does not */
+    static char line[MW_CHUNK_LINE_MAX + 16];
+    memset(line, ' ', sizeof line);
+    line[0] = '1';
+    memcpy(line + MW_CHUNK_LINE_MAX, "\r\nA\r\n0\r\n\r\n", 10);
+    CHECK_EQ(chunked_run(line, MW_CHUNK_LINE_MAX + 10, 0, 10, out, &outlen, &end, &status), 1);
+    line[MW_CHUNK_LINE_MAX] = ' ';
+    memcpy(line + MW_CHUNK_LINE_MAX + 1, "\r\nA\r\n0\r\n\r\n", 10);
+    CHECK(chunked_run(line, MW_CHUNK_LINE_MAX + 11, 0, 10, out, &outlen, &end, &status) < 0);
+    CHECK_EQ(status, 400);
+
+    /* the head parser marks a chunked request */
+    parsed_t p;
+    parse_whole(LIT("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,Chunked\r\n\r\n"), 8192,
+                MAX_HEADERS, &p);
+    CHECK(p.r > 0);
+    CHECK_EQ(p.req.chunked, 1);
+    parse_whole(LIT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n"), 8192, MAX_HEADERS,
+                &p);
+    CHECK_EQ(p.req.chunked, 0);
+}
+
 int main(void)
 {
     RUN(test_simple);
@@ -479,5 +628,6 @@ int main(void)
     RUN(test_list_has);
     RUN(test_header_lookup);
     RUN(test_reasons);
+    RUN(test_chunked);
     return mwt_summary();
 }

@@ -1114,11 +1114,54 @@ class HttpTests(AppCase):
         self.assertEqual(r.status, 413, repr(r))
         self.assertTrue(c.at_eof(3))
 
-    def test_transfer_encoding_501(self):
+    def test_transfer_coding_other_than_chunked_501(self):
         c = self.raw()
-        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+               b"5\r\nhello\r\n0\r\n\r\n")
         r = c.read_response()
         self.assertEqual(r.status, 501, repr(r))
+
+    def test_expect_100_continue(self):
+        for framing, body in (("Content-Length: 5", b"hello"),
+                              ("Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n")):
+            c = self.raw()
+            c.send(("POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n%s\r\n\r\n"
+                    % framing).encode())
+            # the interim answer comes before any body byte is sent
+            self.assertEqual(c.read_until(b"\r\n\r\n"), b"HTTP/1.1 100 Continue\r\n\r\n",
+                             framing)
+            c.send(body)
+            r = c.read_response()
+            self.assertEqual((r.status, r.body), (200, b"hello"), framing)
+        # over max_body_size: the 413, no 100
+        c = self.raw()
+        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+               b"Content-Length: 5000\r\n\r\n")
+        r = c.read_response()
+        self.assertEqual(r.status, 413, repr(r))
+
+    def test_chunked_body_from_http_client(self):
+        # http.client sends an iterable body in the chunked coding, one chunk
+        # per item, on a keep-alive connection
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=T)
+        self.addCleanup(conn.close)
+        pieces = [b"a" * 300, b"", b"\x00\xff binary", "caf\u00e9".encode()]
+        conn.request("POST", "/echo", body=iter(pieces), encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked"})
+        r = conn.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.read(), b"".join(pieces))
+        # the connection stays usable
+        conn.request("GET", "/hello?name=two")
+        self.assertEqual(conn.getresponse().read(), b"hello two qs=name=two")
+        # over --max-body-size (1000) in chunks: 413, and the connection closes
+        conn2 = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=T)
+        self.addCleanup(conn2.close)
+        conn2.request("POST", "/echo", body=iter([b"b" * 600, b"c" * 600]), encode_chunked=True,
+                      headers={"Transfer-Encoding": "chunked"})
+        r = conn2.getresponse()
+        self.assertEqual(r.status, 413)
+        self.assertIn(b"max_body_size", r.read())
 
     def test_keep_alive_two_requests_one_connection(self):
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=T)

@@ -873,11 +873,15 @@ class AmbiguityTest(HardeningCase):
         # The control: the same request without the flaw upgrades.
         self.assertIsNone(self.check(srv, "control", self.raw("GET /echo HTTP/1.1", up + [self.key()]), 101))
         failures = [f for f in (self.check(srv, name, data) for name, data in cases) if f]
-        # Any Transfer-Encoding is refused before routing as a coding the
-        # server does not implement (README, Protocol behaviour): 501, never 101.
+        # An upgrade has no body: Transfer-Encoding: chunked there is 400; a
+        # coding the server does not implement is refused before routing with
+        # 501 (README, Protocol behaviour). Never 101.
         failures += [f for f in [self.check(srv, "Transfer-Encoding on an upgrade", self.raw(
             "GET /echo HTTP/1.1", up + [self.key(), "Transfer-Encoding: chunked"], b"0\r\n\r\n"),
-            501)] if f]
+            400)] if f]
+        failures += [f for f in [self.check(srv, "gzip coding on an upgrade", self.raw(
+            "GET /echo HTTP/1.1", up + [self.key(), "Transfer-Encoding: gzip, chunked"],
+            b"0\r\n\r\n"), 501)] if f]
         self.assertEqual([], failures)
         await self.normal_echo(srv)
 
