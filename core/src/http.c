@@ -381,8 +381,8 @@ static int hexval(unsigned char c)
 }
 
 int mw__http_chunked(mw_chunked_t *st, const uint8_t *in, size_t n, uint64_t max_body,
-                     size_t max_trailer, size_t *used, const uint8_t **data, size_t *dlen,
-                     int *status, const char **why)
+                     size_t max_head, size_t *used, const uint8_t **data, size_t *dlen, int *status,
+                     const char **why)
 {
     size_t i = 0;
     *dlen = 0;
@@ -468,10 +468,10 @@ int mw__http_chunked(mw_chunked_t *st, const uint8_t *in, size_t n, uint64_t max
             *used = i + 1;
             return 1;
         }
-        if ((st->state == CK_EXT || st->state == CK_SIZE) && ++st->line > MW_CHUNK_LINE_MAX)
-            return refuse(status, why, 400, "chunk-size line too long");
+        if ((st->state == CK_EXT || st->state == CK_SIZE) && ++st->line > max_head)
+            return refuse(status, why, 400, "chunk-size line longer than max_header_bytes");
         if ((st->state == CK_FIELD || st->state == CK_FIELD_LF || st->state == CK_END_LF) &&
-            ++st->trailer > max_trailer)
+            ++st->trailer > max_head)
             return refuse(status, why, 431, "trailer section larger than max_header_bytes");
         i++;
     }

@@ -68,9 +68,6 @@ typedef struct mw_chunked {
     uint8_t digits;   /* hex digits of the chunk size so far */
 } mw_chunked_t;
 
-/* Bytes a chunk-size line (size and chunk extensions) may take. */
-#define MW_CHUNK_LINE_MAX 4096
-
 /* Decodes in[0..n) of a chunked body, up to one span of data at a time.
  * Sets *used to the bytes consumed and (*data, *dlen) to the data found in
  * them (dlen 0 if none); call again with the rest. Returns:
@@ -79,12 +76,13 @@ typedef struct mw_chunked {
  *        there, and what follows is the next request;
  *   < 0  the body is refused: *status 400 (malformed: *why says where) or
  *        413 (the data would exceed max_body, decided on the chunk size
- *        before its data is read), or 431 (trailers beyond max_trailer).
+ *        before its data is read), or 431 (trailers beyond max_head bytes). A
+ * chunk-size line (size and extensions) longer than max_head is 400.
  * Chunk extensions are skipped and trailer fields discarded (a server may,
  * RFC 9112 7.1.2); every line must end in CRLF. */
 int mw__http_chunked(mw_chunked_t *st, const uint8_t *in, size_t n, uint64_t max_body,
-                     size_t max_trailer, size_t *used, const uint8_t **data, size_t *dlen,
-                     int *status, const char **why);
+                     size_t max_head, size_t *used, const uint8_t **data, size_t *dlen, int *status,
+                     const char **why);
 
 /* Returns the first header named name (case-insensitive), or NULL. */
 const mw_http_header_t *mw__http_header_find(const mw_http_request_t *req, const char *name);

@@ -594,15 +594,15 @@ static void test_chunked(void)
         1);
     CHECK(chunked_run(LIT("3\r\nabc\r\n3\r\ndef\r\n1\r\n"), 0, 6, out, &outlen, &end, &status) < 0);
     CHECK_EQ(status, 413);
-    /* a chunk-size line of MW_CHUNK_LINE_MAX bytes passes, one more does not */
-    static char line[MW_CHUNK_LINE_MAX + 16];
+    /* a chunk-size line of max_head (64) bytes passes, one more does not */
+    static char line[64 + 16];
     memset(line, ' ', sizeof line);
     line[0] = '1';
-    memcpy(line + MW_CHUNK_LINE_MAX, "\r\nA\r\n0\r\n\r\n", 10);
-    CHECK_EQ(chunked_run(line, MW_CHUNK_LINE_MAX + 10, 0, 10, out, &outlen, &end, &status), 1);
-    line[MW_CHUNK_LINE_MAX] = ' ';
-    memcpy(line + MW_CHUNK_LINE_MAX + 1, "\r\nA\r\n0\r\n\r\n", 10);
-    CHECK(chunked_run(line, MW_CHUNK_LINE_MAX + 11, 0, 10, out, &outlen, &end, &status) < 0);
+    memcpy(line + 64, "\r\nA\r\n0\r\n\r\n", 10);
+    CHECK_EQ(chunked_run(line, 64 + 10, 0, 10, out, &outlen, &end, &status), 1);
+    line[64] = ' ';
+    memcpy(line + 64 + 1, "\r\nA\r\n0\r\n\r\n", 10);
+    CHECK(chunked_run(line, 64 + 11, 0, 10, out, &outlen, &end, &status) < 0);
     CHECK_EQ(status, 400);
 
     /* the head parser marks a chunked request */
