@@ -247,9 +247,6 @@ static void dispatch(mw_conn_t *c)
     mw__conn_release(c);
 }
 
-/* A plain request's head was parsed from the front of the input; rest[0..n)
- * follows it. Decides keep-alive, starts reading the body, and dispatches
- * once the body is complete. Returns the bytes of rest it consumed. */
 /* A chunked request body (RFC 9112 7.1): decodes buf[0..len) into c->msg,
  * growing it as chunks arrive (at most max_body_size); when the body ends,
  * what follows is kept for the next request and the request dispatched. */
@@ -298,6 +295,9 @@ static size_t chunked_body(mw_conn_t *c, const uint8_t *buf, size_t len)
     return len;
 }
 
+/* A plain request's head was parsed from the front of the input; rest[0..n)
+ * follows it. Decides keep-alive, starts reading the body, and dispatches
+ * once the body is complete. Returns the bytes of rest it consumed. */
 static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const uint8_t *rest,
                             size_t n)
 {

@@ -360,16 +360,17 @@ size_t mw__http_header_count(const mw_http_request_t *req, const char *name)
 
 /* mw_chunked_t.state */
 enum {
-    CK_SIZE,     /* hex digits of a chunk size */
-    CK_EXT,      /* after the size: BWS, chunk extensions, up to CR */
-    CK_SIZE_LF,  /* the LF ending a chunk-size line */
-    CK_DATA,     /* chunk data */
-    CK_DATA_CR,  /* the CRLF after chunk data */
-    CK_DATA_LF,  /*   */
-    CK_TRAILER,  /* the start of a trailer line, or the CR of the final CRLF */
-    CK_FIELD,    /* inside a trailer field line, up to CR */
-    CK_FIELD_LF, /* the LF ending a trailer field line */
-    CK_END_LF    /* the LF of the final CRLF */
+    CK_SIZE,       /* hex digits of a chunk size */
+    CK_EXT,        /* after the size: BWS, chunk extensions, up to CR */
+    CK_SIZE_LF,    /* the LF ending a chunk-size line */
+    CK_DATA,       /* chunk data */
+    CK_DATA_CR,    /* the CRLF after chunk data */
+    CK_DATA_LF,    /*   */
+    CK_TRAILER,    /* the start of a trailer line, or the CR of the final CRLF */
+    CK_FIELD_NAME, /* a trailer field's name, up to ':' */
+    CK_FIELD,      /* a trailer field's value, up to CR */
+    CK_FIELD_LF,   /* the LF ending a trailer field line */
+    CK_END_LF      /* the LF of the final CRLF */
 };
 
 static int hexval(unsigned char c)
@@ -388,6 +389,9 @@ int mw__http_chunked(mw_chunked_t *st, const uint8_t *in, size_t n, uint64_t max
     *dlen = 0;
     while (i < n) {
         unsigned char c = in[i];
+        /* which bound the byte counts against, once consumed */
+        int size_byte = st->state == CK_SIZE || st->state == CK_EXT;
+        int trailer_byte = st->state >= CK_TRAILER;
         switch (st->state) {
         case CK_DATA: {
             size_t take = n - i < st->left ? n - i : (size_t)st->left;
@@ -405,52 +409,73 @@ int mw__http_chunked(mw_chunked_t *st, const uint8_t *in, size_t n, uint64_t max
                 if (st->left >> 60) /* one more digit would overflow */
                     return refuse(status, why, 413, "request body larger than max_body_size");
                 st->left = st->left << 4 | (uint64_t)v;
-                st->digits = 1;
+                st->mark = 1;
                 break;
             }
-            if (!st->digits)
+            if (!st->mark)
                 return refuse(status, why, 400, "invalid chunk size");
             if (st->left > max_body || st->total + st->left > max_body)
                 return refuse(status, why, 413, "request body larger than max_body_size");
             st->total += st->left;
-            st->digits = 0; /* from here: whether a ';' was seen */
+            st->mark = 0;
             st->state = CK_EXT;
             continue; /* this byte belongs to what follows the size */
         }
         case CK_EXT:
             /* chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ):
-             * skipped, but only visible characters, SP and HTAB. */
-            if (c == '\r')
+             * skipped, but only visible characters, SP and HTAB, and BWS
+             * only before a ';'. */
+            if (c == '\r') {
+                if (st->mark == 2)
+                    return refuse(status, why, 400, "invalid chunk size");
                 st->state = CK_SIZE_LF;
-            else if (c == '\n')
+            } else if (c == '\n') {
                 return refuse(status, why, 400, "a chunk-size line must end in CRLF");
-            else if (!is_field_char(c))
+            } else if (!is_field_char(c)) {
                 return refuse(status, why, 400, "invalid character in a chunk extension");
-            else if (!st->digits && c != ';' && c != SP && c != HTAB)
-                return refuse(status, why, 400, "invalid chunk size");
-            else if (c == ';')
-                st->digits = 1;
+            } else if (c == ';') {
+                st->mark = 1;
+            } else if (st->mark != 1) {
+                if (c != SP && c != HTAB)
+                    return refuse(status, why, 400, "invalid chunk size");
+                st->mark = 2;
+            }
             break;
         case CK_SIZE_LF:
             if (c != '\n')
                 return refuse(status, why, 400, "a chunk-size line must end in CRLF");
-            st->line = 0;
-            st->digits = 0;
             st->state = st->left ? CK_DATA : CK_TRAILER;
             break;
         case CK_DATA_CR:
         case CK_DATA_LF:
             if (c != (st->state == CK_DATA_CR ? '\r' : '\n'))
                 return refuse(status, why, 400, "chunk data not followed by CRLF");
-            st->state = st->state == CK_DATA_CR ? CK_DATA_LF : CK_SIZE;
+            if (st->state == CK_DATA_CR) {
+                st->state = CK_DATA_LF;
+            } else {
+                st->state = CK_SIZE; /* the next chunk-size line */
+                st->line = 0;
+                st->mark = 0;
+            }
             break;
         case CK_TRAILER:
             if (c == '\r') {
                 st->state = CK_END_LF;
                 break;
             }
-            st->state = CK_FIELD;
+            st->state = CK_FIELD_NAME;
+            st->mark = 0;
             continue;
+        case CK_FIELD_NAME:
+            /* field-line = field-name ":" OWS field-value OWS (RFC 9112 5);
+             * no obsolete folding */
+            if (c == ':' && st->mark)
+                st->state = CK_FIELD;
+            else if (is_tchar(c))
+                st->mark = 1;
+            else
+                return refuse(status, why, 400, "invalid trailer field");
+            break;
         case CK_FIELD:
             if (c == '\r')
                 st->state = CK_FIELD_LF;
@@ -465,13 +490,14 @@ int mw__http_chunked(mw_chunked_t *st, const uint8_t *in, size_t n, uint64_t max
         case CK_END_LF:
             if (c != '\n')
                 return refuse(status, why, 400, "the chunked body must end in CRLF");
+            if (++st->trailer > max_head)
+                return refuse(status, why, 431, "trailer section larger than max_header_bytes");
             *used = i + 1;
             return 1;
         }
-        if ((st->state == CK_EXT || st->state == CK_SIZE) && ++st->line > max_head)
+        if (size_byte && ++st->line > max_head)
             return refuse(status, why, 400, "chunk-size line longer than max_header_bytes");
-        if ((st->state == CK_FIELD || st->state == CK_FIELD_LF || st->state == CK_END_LF) &&
-            ++st->trailer > max_head)
+        if (trailer_byte && ++st->trailer > max_head)
             return refuse(status, why, 431, "trailer section larger than max_header_bytes");
         i++;
     }

@@ -62,10 +62,11 @@ int mw__http_parse_request(mw_http_parser_t *st, const char *buf, size_t len, si
 typedef struct mw_chunked {
     uint64_t left;    /* data bytes still to come in the current chunk */
     uint64_t total;   /* data bytes of the body so far, this chunk's announced ones included */
-    uint32_t line;    /* bytes of the current chunk-size or trailer line so far */
+    uint32_t line;    /* bytes of the current chunk-size line so far */
     uint32_t trailer; /* bytes of the trailer section so far */
     uint8_t state;    /* where in the coding (http.c) */
-    uint8_t digits;   /* hex digits of the chunk size so far */
+    uint8_t mark;     /* in the size: a hex digit was seen; after it: 1 a ';', 2 BWS
+                       * without one yet; in a trailer name: a character was seen */
 } mw_chunked_t;
 
 /* Decodes in[0..n) of a chunked body, up to one span of data at a time.

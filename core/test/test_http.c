@@ -561,6 +561,10 @@ static void test_chunked(void)
         {"x\r\n", 1000, 400},                       /* not hex */
         {"5x\r\nhello\r\n", 1000, 400},             /* junk after the size */
         {"5 x\r\nhello\r\n", 1000, 400},            /* junk after BWS */
+        {"5 \r\nhello\r\n", 1000, 400},             /* BWS without a ';' */
+        {"0\r\n: v\r\n\r\n", 1000, 400},            /* a trailer without a name */
+        {"0\r\n X: v\r\n\r\n", 1000, 400},          /* a folded trailer line */
+        {"0\r\nNoColon\r\n\r\n", 1000, 400},        /* a trailer line without ':' */
         {"5\nhello\r\n", 1000, 400},                /* bare LF */
         {"5\rhello\r\n", 1000, 400},                /* bare CR */
         {"5;a\x01b\r\nhello\r\n", 1000, 400},       /* control character in an extension */
@@ -594,25 +598,54 @@ static void test_chunked(void)
         1);
     CHECK(chunked_run(LIT("3\r\nabc\r\n3\r\ndef\r\n1\r\n"), 0, 6, out, &outlen, &end, &status) < 0);
     CHECK_EQ(status, 413);
-    /* a chunk-size line of max_head (64) bytes passes, one more does not */
-    static char line[64 + 16];
-    memset(line, ' ', sizeof line);
-    line[0] = '1';
-    memcpy(line + 64, "\r\nA\r\n0\r\n\r\n", 10);
-    CHECK_EQ(chunked_run(line, 64 + 10, 0, 10, out, &outlen, &end, &status), 1);
-    line[64] = ' ';
-    memcpy(line + 64 + 1, "\r\nA\r\n0\r\n\r\n", 10);
-    CHECK(chunked_run(line, 64 + 11, 0, 10, out, &outlen, &end, &status) < 0);
-    CHECK_EQ(status, 400);
+    /* A chunk-size line of max_head (64) bytes, its CR included, passes and
+     * one more does not: the first chunk's and a later one's. */
+    for (int later = 0; later <= 1; later++) {
+        for (int extra = 0; extra <= 1; extra++) {
+            char line[200];
+            size_t k = 0;
+            if (later) {
+                memcpy(line, "2\r\nAB\r\n", 7);
+                k = 7;
+            }
+            size_t start = k;
+            line[k++] = '1';
+            line[k++] = ';';
+            while (k - start < (size_t)(63 + extra)) /* the CR makes 64 (+1) */
+                line[k++] = ' ';
+            memcpy(line + k, "\r\nA\r\n0\r\n\r\n", 10);
+            k += 10;
+            int r = chunked_run(line, k, 0, 10, out, &outlen, &end, &status);
+            if (extra) {
+                CHECK(r < 0);
+                CHECK_EQ(status, 400);
+            } else {
+                CHECK_EQ(r, 1);
+                CHECK_EQ(outlen, later ? 3 : 1);
+            }
+        }
+    }
+    /* trailers: up to 64 bytes in all, the final CRLF included */
+    static const char tr64[] =
+        "0\r\nX-A: 01234567890123456789\r\nX-B: 0123456789012345678901234567\r\n\r\n";
+    CHECK_EQ(sizeof tr64 - 1 - 3, 64);
+    CHECK_EQ(chunked_run(tr64, sizeof tr64 - 1, 0, 10, out, &outlen, &end, &status), 1);
+    static const char tr65[] =
+        "0\r\nX-A: 01234567890123456789\r\nX-B: 01234567890123456789012345678\r\n\r\n";
+    CHECK(chunked_run(tr65, sizeof tr65 - 1, 0, 10, out, &outlen, &end, &status) < 0);
+    CHECK_EQ(status, 431);
 
-    /* the head parser marks a chunked request */
+    /* the head parser marks a chunked request, and unmarks the next one
+     * parsed into the same request struct */
     parsed_t p;
     parse_whole(LIT("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,Chunked\r\n\r\n"), 8192,
                 MAX_HEADERS, &p);
     CHECK(p.r > 0);
     CHECK_EQ(p.req.chunked, 1);
-    parse_whole(LIT("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n"), 8192, MAX_HEADERS,
-                &p);
+    mw_http_parser_t st = {0};
+    static const char cl[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n";
+    int r = mw__http_parse_request(&st, cl, sizeof cl - 1, 8192, &p.req, &p.status, &p.why);
+    CHECK(r > 0);
     CHECK_EQ(p.req.chunked, 0);
 }
 
