@@ -117,32 +117,23 @@ describe("app http", function()
     end)
 
     it("413 for a body over max_body_size; 501 for a coding other than chunked", function()
-      local c = http.connect(srv)
-      assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n"))
-      local res = assert(http.read(c, "POST"))
-      assert.are.equal(413, res.status)
-      c:close_tcp()
-      c = http.connect(srv)
-      assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-        .. "3\r\nabc\r\n0\r\n\r\n"))
-      res = assert(http.read(c, "POST"))
-      assert.are.equal(501, res.status)
-      c:close_tcp()
+      -- each on a fresh connection: the answer, which closes it
+      local function refused(raw, status, reason)
+        local c = http.connect(srv)
+        assert(c:send_raw(raw))
+        local res = assert(http.read(c, "POST"))
+        c:close_tcp()
+        assert.are.equal(status, res.status, res.body)
+        if reason then assert.truthy(res.body:find(reason, 1, true), res.body) end
+      end
+      local chunked = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+      refused("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n", 413)
+      refused("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        .. "3\r\nabc\r\n0\r\n\r\n", 501)
       -- a chunk announcing more than max_body_size: 413 before its data
-      c = http.connect(srv)
-      assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        .. "8000\r\n" .. ("x"):rep(0x8000) .. "\r\n8001\r\n")) -- 65537 > 65536
-      res = assert(http.read(c, "POST"))
-      assert.are.equal(413, res.status)
-      c:close_tcp()
+      refused(chunked .. "8000\r\n" .. ("x"):rep(0x8000) .. "\r\n8001\r\n", 413) -- 65537 > 65536
       -- a malformed chunk: 400 naming it
-      c = http.connect(srv)
-      assert(c:send_raw("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        .. "3\r\nabcd\r\n0\r\n\r\n"))
-      res = assert(http.read(c, "POST"))
-      assert.are.equal(400, res.status)
-      assert.truthy(res.body:find("chunk data not followed by CRLF", 1, true), res.body)
-      c:close_tcp()
+      refused(chunked .. "3\r\nabcd\r\n0\r\n\r\n", 400, "chunk data not followed by CRLF")
     end)
 
     it("chunked bodies arrive whole, across reads, with extensions and trailers", function()

@@ -247,6 +247,19 @@ static void dispatch(mw_conn_t *c)
     mw__conn_release(c);
 }
 
+/* The body ended at buf[off]: what follows (a pipelined request) waits in
+ * the carry-over, and the request is dispatched. Returns len (all taken). */
+static size_t body_done(mw_conn_t *c, const uint8_t *buf, size_t off, size_t len)
+{
+    if (off < len) {
+        c->in = mw__xmalloc(len - off);
+        memcpy(c->in, buf + off, len - off);
+        c->in_len = (uint32_t)(len - off);
+    }
+    dispatch(c);
+    return len;
+}
+
 /* A chunked request body (RFC 9112 7.1): decodes buf[0..len) into c->msg,
  * growing it as chunks arrive (at most max_body_size); when the body ends,
  * what follows is kept for the next request and the request dispatched. */
@@ -281,16 +294,8 @@ static size_t chunked_body(mw_conn_t *c, const uint8_t *buf, size_t len)
             c->msg_len = (uint32_t)need;
         }
         off += used;
-        if (rc == 1) {
-            /* What follows (a pipelined request) waits in the carry-over. */
-            if (off < len) {
-                c->in = mw__xmalloc(len - off);
-                memcpy(c->in, buf + off, len - off);
-                c->in_len = (uint32_t)(len - off);
-            }
-            dispatch(c);
-            return len;
-        }
+        if (rc == 1)
+            return body_done(c, buf, off, len);
     }
     return len;
 }
@@ -360,14 +365,7 @@ static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const ui
         c->p.body.ck.left = body - take;
         return take;
     }
-    /* Complete: what follows (a pipelined request) waits in the carry-over. */
-    if (take < n) {
-        c->in = mw__xmalloc(n - take);
-        memcpy(c->in, rest + take, n - take);
-        c->in_len = (uint32_t)(n - take);
-    }
-    dispatch(c);
-    return n;
+    return body_done(c, rest, take, n);
 }
 
 size_t mw__conn_http_body(mw_conn_t *c, uint8_t *buf, size_t len)
@@ -380,13 +378,7 @@ size_t mw__conn_http_body(mw_conn_t *c, uint8_t *buf, size_t len)
     c->p.body.ck.left -= take;
     if (c->p.body.ck.left > 0)
         return take;
-    if (take < len) {
-        c->in = mw__xmalloc(len - take);
-        memcpy(c->in, buf + take, len - take);
-        c->in_len = (uint32_t)(len - take);
-    }
-    dispatch(c);
-    return len;
+    return body_done(c, buf, take, len);
 }
 
 /* Queues a response head for a body of blen bytes; returns 1 when the body

@@ -1114,11 +1114,15 @@ class HttpTests(AppCase):
         self.assertEqual(r.status, 413, repr(r))
         self.assertTrue(c.at_eof(3))
 
-    def test_transfer_coding_other_than_chunked_501(self):
+    def answer_to(self, data):
+        """Sends data on a fresh connection; returns the response."""
         c = self.raw()
-        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-               b"5\r\nhello\r\n0\r\n\r\n")
-        r = c.read_response()
+        c.send(data)
+        return c.read_response()
+
+    def test_transfer_coding_other_than_chunked_501(self):
+        r = self.answer_to(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked"
+                           b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         self.assertEqual(r.status, 501, repr(r))
 
     def test_expect_100_continue(self):
@@ -1134,10 +1138,8 @@ class HttpTests(AppCase):
             r = c.read_response()
             self.assertEqual((r.status, r.body), (200, b"hello"), framing)
         # over max_body_size: the 413, no 100
-        c = self.raw()
-        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-               b"Content-Length: 5000\r\n\r\n")
-        r = c.read_response()
+        r = self.answer_to(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                           b"Content-Length: 5000\r\n\r\n")
         self.assertEqual(r.status, 413, repr(r))
 
     def test_chunked_body_from_http_client(self):
