@@ -153,6 +153,7 @@ void mw__timer_close(mw_lua_t *S);
 void mw__timer_drop_pending(mw_lua_t *S);
 void mw__route_upgrade(void *ud, mw_conn_t *c, const mw_http_request_t *req);
 void mw__route_http(void *ud, mw_conn_t *c, const mw_http_request_t *req);
+int mw__route_http_unrouted(void *ud, mw_conn_t *c, const mw_http_request_t *req);
 int mw__luaopen_core(lua_State *L);
 int mw__sched_init(mw_lua_t *S);
 /* The coroutine a moonwire call that yields (`what`, e.g. "moonwire.sleep")

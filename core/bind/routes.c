@@ -290,9 +290,11 @@ void mw__route_upgrade(void *ud, mw_conn_t *c, const mw_http_request_t *req)
     lua_settop(L, top);
 }
 
-void mw__route_http(void *ud, mw_conn_t *c, const mw_http_request_t *req)
+/* Looks up the HTTP route of req: pushes app:_match_http's two results
+ * (route index and params, or nil and the path's methods) and returns 1,
+ * or answers 500 and returns 0 when the lookup itself failed. */
+static int lookup_http(mw_lua_t *S, mw_conn_t *c, const mw_http_request_t *req)
 {
-    mw_lua_t *S = ud;
     lua_State *L = S->L;
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, S->app_ref);
@@ -304,20 +306,52 @@ void mw__route_http(void *ud, mw_conn_t *c, const mw_http_request_t *req)
         mw_error("HTTP route lookup failed: %s", lua_tostring(L, -1));
         lua_settop(L, top);
         mw__conn_http_error(c, 500, NULL, NULL);
-        return;
+        return 0;
     }
+    return 1;
+}
+
+/* With lookup_http's results at top + 1, top + 2 and no route found:
+ * 405 with Allow, 426 on a WebSocket path, or 404. Restores top. */
+static void answer_unrouted(mw_lua_t *S, mw_conn_t *c, const mw_http_request_t *req, int top)
+{
+    lua_State *L = S->L;
+    if (lua_isstring(L, top + 2)) {
+        /* RFC 9110 15.5.6: 405 names the methods the path has. */
+        lua_pushfstring(L, "Allow: %s\r\n", lua_tostring(L, top + 2));
+        mw__conn_http_error(c, 405, lua_tostring(L, -1), "method not allowed for this path");
+    } else if (lua_settop(L, top), match(S, req->path)) {
+        mw__conn_http_error(c, 426, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+                            "this path speaks WebSocket");
+    } else {
+        mw__conn_http_error(c, 404, NULL, "no route for this path");
+    }
+    lua_settop(L, top);
+}
+
+int mw__route_http_unrouted(void *ud, mw_conn_t *c, const mw_http_request_t *req)
+{
+    mw_lua_t *S = ud;
+    int top = lua_gettop(S->L);
+    if (!lookup_http(S, c, req))
+        return 1;
+    if (lua_isnumber(S->L, top + 1)) {
+        lua_settop(S->L, top);
+        return 0;
+    }
+    answer_unrouted(S, c, req, top);
+    return 1;
+}
+
+void mw__route_http(void *ud, mw_conn_t *c, const mw_http_request_t *req)
+{
+    mw_lua_t *S = ud;
+    lua_State *L = S->L;
+    int top = lua_gettop(L);
+    if (!lookup_http(S, c, req))
+        return;
     if (!lua_isnumber(L, top + 1)) {
-        if (lua_isstring(L, top + 2)) {
-            /* RFC 9110 15.5.6: 405 names the methods the path has. */
-            lua_pushfstring(L, "Allow: %s\r\n", lua_tostring(L, top + 2));
-            mw__conn_http_error(c, 405, lua_tostring(L, -1), "method not allowed for this path");
-        } else if (lua_settop(L, top), match(S, req->path)) {
-            mw__conn_http_error(c, 426, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
-                                "this path speaks WebSocket");
-        } else {
-            mw__conn_http_error(c, 404, NULL, "no route for this path");
-        }
-        lua_settop(L, top);
+        answer_unrouted(S, c, req, top);
         return;
     }
     int index = (int)lua_tointeger(L, top + 1);

@@ -484,8 +484,9 @@ static int op_on_drain(void *ud, mw_conn_t *c)
     return mw__lua_run(S, c, 1, MW_CO_HANDLER);
 }
 
-const mw_app_ops_t mw__lua_ops = {mw__route_upgrade, mw__route_http, op_on_open,  op_on_message,
-                                  op_on_batch,       op_on_drain,    op_on_close, mw__ws_unpin};
+const mw_app_ops_t mw__lua_ops = {mw__route_upgrade, mw__route_http, op_on_open,
+                                  op_on_message,     op_on_batch,    op_on_drain,
+                                  op_on_close,       mw__ws_unpin,   mw__route_http_unrouted};
 
 void mw__lua_set_workers(mw_lua_t *S, int n)
 {

@@ -331,6 +331,10 @@ static size_t plain_request(mw_conn_t *c, const mw_http_request_t *req, const ui
         mw__conn_http_error(c, 413, NULL, "the admin and metrics listeners take no request body");
         return n;
     }
+    /* No route: answered now, before any body is read or asked for. */
+    if ((body > 0 || req->chunked) && w->ops && w->ops->http_unrouted &&
+        w->ops->http_unrouted(w->ops_ud, c, req))
+        return n;
     /* RFC 9110 10.1.1: a client that sent Expect: 100-continue may wait
      * for this before it sends the body (after the checks above, which
      * answer instead). */

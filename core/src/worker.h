@@ -66,6 +66,11 @@ typedef struct mw_app_ops {
     /* The queues are done with the app's bytes behind pins[0..n) (see
      * mw__conn_send_pinned); called where the app runs no code. */
     void (*pins_released)(void *ud, const uint32_t *pins, size_t n);
+    /* A plain request whose body is still to come: answers it now (with
+     * mw__conn_http_error) and returns 1 when the app has no route for it,
+     * so that no body is read, or sent after 100 Continue, only to be
+     * refused. Returns 0 to go on; http_request routes it again later. */
+    int (*http_unrouted)(void *ud, mw_conn_t *c, const mw_http_request_t *req);
 } mw_app_ops_t;
 
 /* An activity-ordered list of connections that share one timeout, swept by

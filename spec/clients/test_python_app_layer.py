@@ -1141,6 +1141,14 @@ class HttpTests(AppCase):
         r = self.answer_to(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
                            b"Content-Length: 5000\r\n\r\n")
         self.assertEqual(r.status, 413, repr(r))
+        # no route: answered from the head, no 100, no body read
+        for target, framing, status in (("/nope", "Content-Length: 500", 404),
+                                         ("/nope", "Transfer-Encoding: chunked", 404),
+                                         ("/hello", "Content-Length: 500", 405)):
+            r = self.answer_to(("POST %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                "%s\r\n\r\n" % (target, framing)).encode())
+            self.assertEqual(r.status, status, "%s %s: %r" % (target, framing, r))
+        self.assertIn("GET", r.header("allow", ""), repr(r))
 
     def test_chunked_body_from_http_client(self):
         # http.client sends an iterable body in the chunked coding, one chunk
